@@ -1,0 +1,151 @@
+//! The traits user code implements: sources, operators, keyed operators and sinks.
+//!
+//! Every method runs on the subtask's actor thread under `catch_unwind`: an `Err` or a
+//! panic fails the subtask with the operator's name, the subtask index and the cause.
+//! Records are handed over by value; outputs go through [`Context::emit`], which
+//! appends to the batch being built for the next stage (no allocation per record).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What can travel as a record: owned, cloneable (for fan-out), sendable across
+/// threads and serializable (for keys, channel state and savepoints).
+pub trait Data: Clone + Send + Serialize + DeserializeOwned + 'static {}
+impl<T: Clone + Send + Serialize + DeserializeOwned + 'static> Data for T {}
+
+/// A key: data that is also hashable and comparable (keyed state is scoped to it).
+pub trait Key: Data + Hash + Eq {}
+impl<T: Data + Hash + Eq> Key for T {}
+
+/// Which parallel instance of which operator is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubtaskInfo {
+    /// The operator's name (unique in the job).
+    pub operator: Arc<str>,
+    /// This subtask's index in `0..parallelism`.
+    pub index: u32,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    /// Starts at 0; grows with every restart of the job.
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for SubtaskInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}/{})",
+            self.operator,
+            self.index + 1,
+            self.parallelism
+        )
+    }
+}
+
+/// Handed to user code while it processes: emits records downstream and tells where
+/// it runs. (Keyed state and timers join it with the state backend.)
+pub struct Context<'a, Out> {
+    out: &'a mut Vec<Out>,
+    info: &'a SubtaskInfo,
+}
+
+impl<'a, Out> Context<'a, Out> {
+    pub fn new(out: &'a mut Vec<Out>, info: &'a SubtaskInfo) -> Self {
+        Context { out, info }
+    }
+
+    /// Send a record downstream.
+    #[inline]
+    pub fn emit(&mut self, record: Out) {
+        self.out.push(record);
+    }
+
+    pub fn info(&self) -> &SubtaskInfo {
+        self.info
+    }
+}
+
+/// A one-input operator (map, filter, flat_map, process).
+pub trait Operator: Send + 'static {
+    type In: Data;
+    type Out: Data;
+
+    fn open(&mut self, _info: &SubtaskInfo) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn process(&mut self, record: Self::In, ctx: &mut Context<'_, Self::Out>)
+        -> anyhow::Result<()>;
+
+    /// Called once when every input has ended, before end-of-input travels downstream.
+    fn finish(&mut self, _ctx: &mut Context<'_, Self::Out>) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// An operator on a keyed stream: each record arrives with the key it was
+/// partitioned by, and only keys of this subtask's key groups arrive here.
+pub trait KeyedOperator: Send + 'static {
+    type Key: Key;
+    type In: Data;
+    type Out: Data;
+
+    fn open(&mut self, _info: &SubtaskInfo) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        key: &Self::Key,
+        record: Self::In,
+        ctx: &mut Context<'_, Self::Out>,
+    ) -> anyhow::Result<()>;
+
+    fn finish(&mut self, _ctx: &mut Context<'_, Self::Out>) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a source reports after a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePoll {
+    /// More records may be available at once: poll again.
+    Ready,
+    /// Nothing available now (rate limit, waiting on input): poll again after this.
+    Pending(Duration),
+    /// The input is exhausted; the source is not polled again.
+    Finished,
+}
+
+/// A parallel source. Subtask `i` of `p` reads its share of the input (e.g. every
+/// `p`-th record of a generator, or its split of a file). Never block in `poll`:
+/// return [`SourcePoll::Pending`] instead, so control messages keep flowing.
+pub trait Source: Send + 'static {
+    type Out: Data;
+
+    fn open(&mut self, _info: &SubtaskInfo) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Emit at most `max` records.
+    fn poll(&mut self, ctx: &mut Context<'_, Self::Out>, max: usize) -> anyhow::Result<SourcePoll>;
+}
+
+/// A sink subtask: the end of a stream.
+pub trait Sink: Send + 'static {
+    type In: Data;
+
+    fn open(&mut self, _info: &SubtaskInfo) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn write(&mut self, record: Self::In) -> anyhow::Result<()>;
+
+    /// Called once when every input has ended: flush everything.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
