@@ -1,1 +1,12 @@
+//! weir: a stream-processing runtime with Flink-grade fault tolerance in one process.
+//!
+//! Three ways in: TOML topologies (`weir run job.toml`), scenario replay runs, and
+//! this library's typed API ([`StreamJob`]). See ARCHITECTURE.md for the design.
 
+pub mod api;
+
+pub use api::{DataStream, KeyedStream, StreamJob};
+pub use weir_actors::{
+    Context, Data, JobConfig, JobError, JobMetrics, JobReport, Key, KeyedOperator, NodeDescription,
+    Operator, OperatorReport, Sink, Source, SourcePoll, SubtaskInfo,
+};

@@ -1,7 +1,24 @@
 //! weir-actors: subtask actors, the batched credit-based data plane, and job execution.
+//!
+//! See ARCHITECTURE.md at the repository root for the protocols and invariants.
 
+pub mod config;
+mod error;
+pub mod flow;
+mod graph;
+mod job;
+mod metrics;
+pub mod network;
 pub mod operator;
+mod partition;
+pub mod plan;
+mod stage;
+mod subtask;
 
+pub use config::JobConfig;
+pub use error::JobError;
+pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
+pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
     Context, Data, Key, KeyedOperator, Operator, Sink, Source, SourcePoll, SubtaskInfo,
 };

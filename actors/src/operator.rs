@@ -20,6 +20,9 @@ impl<T: Clone + Send + Serialize + DeserializeOwned + 'static> Data for T {}
 pub trait Key: Data + Hash + Eq {}
 impl<T: Data + Hash + Eq> Key for T {}
 
+/// Extracts a record's key; shared by the partitioner and the keyed operator.
+pub type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
+
 /// Which parallel instance of which operator is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubtaskInfo {

@@ -1,0 +1,55 @@
+//! Job-wide settings, every one of them a bound or a default that a user can change.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use weir_state::key_group::DEFAULT_MAX_PARALLELISM;
+
+/// Settings of one job run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobConfig {
+    /// Shown in logs and reports.
+    pub name: String,
+    /// Parallelism of every operator that does not set its own.
+    pub parallelism: u32,
+    /// Number of key groups: the upper bound for any operator's parallelism, now and
+    /// after rescaling.
+    pub max_parallelism: u32,
+    /// Worker threads (actix arbiters); subtask `j` of every operator runs on worker
+    /// `j % workers`. 0 means one per core.
+    pub workers: usize,
+    /// Records per batch on the network between subtasks.
+    pub batch_size: usize,
+    /// Credits per channel: batches a sender may have in flight to one receiver.
+    pub channel_capacity: usize,
+    /// How long a partly filled batch may wait before it is sent anyway.
+    pub linger: Duration,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            name: "weir-job".to_string(),
+            parallelism: default_workers() as u32,
+            max_parallelism: DEFAULT_MAX_PARALLELISM,
+            workers: 0,
+            batch_size: 1024,
+            channel_capacity: 4,
+            linger: Duration::from_millis(1),
+        }
+    }
+}
+
+impl JobConfig {
+    /// The number of worker threads this config asks for, with 0 resolved to the cores.
+    pub fn resolved_workers(&self) -> usize {
+        if self.workers == 0 {
+            default_workers()
+        } else {
+            self.workers
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,498 @@
+//! The job graph as the library builds it: typed nodes behind an erasure, edges with
+//! their partitioning. Types are checked when the graph is planned, so the downcasts
+//! at the chain boundaries cannot fail at run time.
+
+use crate::config::JobConfig;
+use crate::error::{JobError, StageError};
+use crate::metrics::{JobMetrics, JobReport, OperatorCounters};
+use crate::operator::{Data, Key, KeyFn, KeyedOperator, Operator, Sink, Source, SubtaskInfo};
+use crate::partition::{KeyHashFn, Partitioner};
+use crate::plan::{plan, EdgeKind, NodeKind, Plan, PlanEdge, PlanNode};
+use crate::stage::{
+    guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage, SinkStage,
+    SourceHead, SourceStage, StageCore, Tee, TypedHead,
+};
+use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use weir_state::key_group::hash_key;
+
+/// A node of the graph, as returned when it is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeId(pub(crate) usize);
+
+/// How an edge spreads records over the receiving subtasks.
+#[derive(Clone)]
+pub struct Partitioning {
+    pub(crate) kind: EdgeKind,
+    /// For key partitioning: a `KeyHashFn<T>` and the name of `T`.
+    key_hash: Option<(Arc<dyn Any + Send + Sync>, &'static str)>,
+}
+
+impl Partitioning {
+    /// Forward when the parallelisms match (and chain), rebalance otherwise.
+    pub fn default_for_edge() -> Self {
+        Self::of(EdgeKind::Default)
+    }
+    pub fn forward() -> Self {
+        Self::of(EdgeKind::Forward)
+    }
+    pub fn rebalance() -> Self {
+        Self::of(EdgeKind::Rebalance)
+    }
+    pub fn broadcast() -> Self {
+        Self::of(EdgeKind::Broadcast)
+    }
+    /// By key group of the key that `key_of` extracts.
+    pub fn key<T: Data, K: Key>(key_of: KeyFn<T, K>) -> Self {
+        let hash: KeyHashFn<T> = Arc::new(move |record| hash_key(&key_of(record)));
+        Partitioning {
+            kind: EdgeKind::Key,
+            key_hash: Some((Arc::new(hash), std::any::type_name::<T>())),
+        }
+    }
+    fn of(kind: EdgeKind) -> Self {
+        Partitioning {
+            kind,
+            key_hash: None,
+        }
+    }
+}
+
+/// What a node built for one subtask: a source head, or an input of the node's type.
+pub(crate) enum Built {
+    Source(Box<dyn SourceHead>),
+    /// A `BoxedInput<In>` behind `Any`.
+    Input(Box<dyn Any>),
+}
+
+/// One output edge as a subtask's network output sees it.
+pub(crate) struct OutputEdge {
+    pub partitioning: Partitioning,
+    pub receivers: u32,
+    pub first_channel: usize,
+}
+
+/// Operations on one record type, erased.
+pub(crate) trait Port: Send + Sync {
+    /// A `BoxedInput<T>` (behind `Any`) sending to the given edges.
+    fn network_output(
+        &self,
+        edges: Vec<OutputEdge>,
+        sender: u32,
+        batch_size: usize,
+        max_parallelism: u32,
+    ) -> Box<dyn Any>;
+    /// The network-facing head in front of a `BoxedInput<T>` (behind `Any`).
+    fn head(&self, first: Box<dyn Any>) -> Box<dyn InputHead>;
+}
+
+struct TypedPort<T>(PhantomData<fn() -> T>);
+
+impl<T: Data> Port for TypedPort<T> {
+    fn network_output(
+        &self,
+        edges: Vec<OutputEdge>,
+        sender: u32,
+        batch_size: usize,
+        max_parallelism: u32,
+    ) -> Box<dyn Any> {
+        let mut outputs: Vec<BoxedInput<T>> = edges
+            .into_iter()
+            .map(|edge| {
+                let receivers = edge.receivers;
+                let partitioner = match edge.partitioning.kind {
+                    EdgeKind::Forward => Partitioner::Forward,
+                    EdgeKind::Broadcast => Partitioner::Broadcast {
+                        receivers: receivers as usize,
+                    },
+                    EdgeKind::Key => {
+                        let (hash, _) = edge
+                            .partitioning
+                            .key_hash
+                            .expect("key edges carry a key function");
+                        let hash = hash
+                            .downcast_ref::<KeyHashFn<T>>()
+                            .expect("key type checked at planning")
+                            .clone();
+                        Partitioner::Key {
+                            hash,
+                            max_parallelism,
+                            receivers,
+                        }
+                    }
+                    EdgeKind::Rebalance | EdgeKind::Default => Partitioner::Rebalance {
+                        next: sender as usize % receivers as usize,
+                        receivers: receivers as usize,
+                    },
+                };
+                Box::new(NetworkOutput::new(
+                    partitioner,
+                    edge.first_channel,
+                    batch_size,
+                )) as BoxedInput<T>
+            })
+            .collect();
+        let output: BoxedInput<T> = if outputs.len() == 1 {
+            outputs.pop().expect("one output")
+        } else {
+            Box::new(Tee::new(outputs))
+        };
+        Box::new(output)
+    }
+
+    fn head(&self, first: Box<dyn Any>) -> Box<dyn InputHead> {
+        Box::new(TypedHead(take_input::<T>(first)))
+    }
+}
+
+fn port<T: Data>() -> Arc<dyn Port> {
+    Arc::new(TypedPort::<T>(PhantomData))
+}
+
+fn take_input<T: Data>(erased: Box<dyn Any>) -> BoxedInput<T> {
+    *erased
+        .downcast::<BoxedInput<T>>()
+        .expect("chain types are checked at planning")
+}
+
+/// A node, erased: knows its kind, its record types, and how to build its stage.
+pub(crate) trait NodeSpec: Send + Sync {
+    fn kind(&self) -> NodeKind;
+    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)>;
+    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)>;
+    /// `next` is the `BoxedInput<Out>` the stage feeds (none for sinks).
+    fn build(
+        &self,
+        info: SubtaskInfo,
+        counters: Arc<OperatorCounters>,
+        next: Option<Box<dyn Any>>,
+    ) -> Result<Built, StageError>;
+}
+
+type Factory<X> = Arc<dyn Fn(&SubtaskInfo) -> X + Send + Sync>;
+
+fn make<X>(factory: &Factory<X>, info: &SubtaskInfo) -> Result<X, StageError> {
+    guarded(info, || Ok(factory(info)))
+}
+
+struct SourceSpec<S: Source>(Factory<S>);
+struct OperatorSpec<O: Operator>(Factory<O>);
+struct KeyedSpec<O: KeyedOperator>(Factory<O>, KeyFn<O::In, O::Key>);
+struct SinkSpec<S: Sink>(Factory<S>);
+
+fn typed<T: Data>() -> Option<(&'static str, Arc<dyn Port>)> {
+    Some((std::any::type_name::<T>(), port::<T>()))
+}
+
+impl<S: Source> NodeSpec for SourceSpec<S> {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Source
+    }
+    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)> {
+        None
+    }
+    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)> {
+        typed::<S::Out>()
+    }
+    fn build(
+        &self,
+        info: SubtaskInfo,
+        counters: Arc<OperatorCounters>,
+        next: Option<Box<dyn Any>>,
+    ) -> Result<Built, StageError> {
+        let source = make(&self.0, &info)?;
+        let next = take_input::<S::Out>(next.expect("a source feeds something"));
+        Ok(Built::Source(Box::new(SourceStage {
+            source,
+            core: StageCore::new(info, counters, next),
+        })))
+    }
+}
+
+impl<O: Operator> NodeSpec for OperatorSpec<O> {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Operator
+    }
+    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)> {
+        typed::<O::In>()
+    }
+    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)> {
+        typed::<O::Out>()
+    }
+    fn build(
+        &self,
+        info: SubtaskInfo,
+        counters: Arc<OperatorCounters>,
+        next: Option<Box<dyn Any>>,
+    ) -> Result<Built, StageError> {
+        let op = make(&self.0, &info)?;
+        let next = take_input::<O::Out>(next.expect("an operator feeds something"));
+        let stage: BoxedInput<O::In> = Box::new(OperatorStage {
+            op,
+            core: StageCore::new(info, counters, next),
+        });
+        Ok(Built::Input(Box::new(stage)))
+    }
+}
+
+impl<O: KeyedOperator> NodeSpec for KeyedSpec<O> {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Operator
+    }
+    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)> {
+        typed::<O::In>()
+    }
+    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)> {
+        typed::<O::Out>()
+    }
+    fn build(
+        &self,
+        info: SubtaskInfo,
+        counters: Arc<OperatorCounters>,
+        next: Option<Box<dyn Any>>,
+    ) -> Result<Built, StageError> {
+        let op = make(&self.0, &info)?;
+        let next = take_input::<O::Out>(next.expect("an operator feeds something"));
+        let stage: BoxedInput<O::In> = Box::new(KeyedStage {
+            op,
+            key_of: self.1.clone(),
+            core: StageCore::new(info, counters, next),
+        });
+        Ok(Built::Input(Box::new(stage)))
+    }
+}
+
+impl<S: Sink> NodeSpec for SinkSpec<S> {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Sink
+    }
+    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)> {
+        typed::<S::In>()
+    }
+    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)> {
+        None
+    }
+    fn build(
+        &self,
+        info: SubtaskInfo,
+        counters: Arc<OperatorCounters>,
+        _next: Option<Box<dyn Any>>,
+    ) -> Result<Built, StageError> {
+        let sink = make(&self.0, &info)?;
+        let stage: BoxedInput<S::In> = Box::new(SinkStage {
+            sink,
+            info,
+            counters,
+        });
+        Ok(Built::Input(Box::new(stage)))
+    }
+}
+
+pub(crate) struct GraphNode {
+    pub name: String,
+    pub parallelism: Option<u32>,
+    pub spec: Arc<dyn NodeSpec>,
+}
+
+pub(crate) struct GraphEdge {
+    pub from: usize,
+    pub to: usize,
+    pub partitioning: Partitioning,
+}
+
+/// One node as `weir validate` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDescription {
+    pub name: String,
+    pub kind: &'static str,
+    pub parallelism: u32,
+    /// (upstream node, partitioning)
+    pub inputs: Vec<(String, String)>,
+    /// The upstream node whose subtask this node runs in, when chained.
+    pub chained_with: Option<String>,
+}
+
+/// A job under construction.
+pub struct JobGraph {
+    pub(crate) config: JobConfig,
+    pub(crate) nodes: Vec<GraphNode>,
+    pub(crate) edges: Vec<GraphEdge>,
+    pub(crate) metrics: Arc<JobMetrics>,
+}
+
+impl JobGraph {
+    pub fn new(config: JobConfig) -> Self {
+        JobGraph {
+            config,
+            nodes: Vec::new(),
+            edges: Vec::new(),
+            metrics: Arc::default(),
+        }
+    }
+
+    pub fn config(&self) -> &JobConfig {
+        &self.config
+    }
+
+    pub fn config_mut(&mut self) -> &mut JobConfig {
+        &mut self.config
+    }
+
+    /// Live counters of the job (empty until it runs).
+    pub fn metrics(&self) -> Arc<JobMetrics> {
+        self.metrics.clone()
+    }
+
+    fn add(&mut self, name: &str, spec: Arc<dyn NodeSpec>) -> NodeId {
+        self.nodes.push(GraphNode {
+            name: name.to_string(),
+            parallelism: None,
+            spec,
+        });
+        NodeId(self.nodes.len() - 1)
+    }
+
+    pub fn add_source<S: Source>(
+        &mut self,
+        name: &str,
+        make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    ) -> NodeId {
+        self.add(name, Arc::new(SourceSpec::<S>(Arc::new(make))))
+    }
+
+    pub fn add_operator<O: Operator>(
+        &mut self,
+        name: &str,
+        make: impl Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+    ) -> NodeId {
+        self.add(name, Arc::new(OperatorSpec::<O>(Arc::new(make))))
+    }
+
+    /// A keyed operator; connect its input with [`Partitioning::key`] on the same key.
+    pub fn add_keyed_operator<O: KeyedOperator>(
+        &mut self,
+        name: &str,
+        key_of: KeyFn<O::In, O::Key>,
+        make: impl Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+    ) -> NodeId {
+        self.add(name, Arc::new(KeyedSpec::<O>(Arc::new(make), key_of)))
+    }
+
+    pub fn add_sink<S: Sink>(
+        &mut self,
+        name: &str,
+        make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    ) -> NodeId {
+        self.add(name, Arc::new(SinkSpec::<S>(Arc::new(make))))
+    }
+
+    pub fn connect(&mut self, from: NodeId, to: NodeId, partitioning: Partitioning) {
+        self.edges.push(GraphEdge {
+            from: from.0,
+            to: to.0,
+            partitioning,
+        });
+    }
+
+    pub fn set_parallelism(&mut self, node: NodeId, parallelism: u32) {
+        self.nodes[node.0].parallelism = Some(parallelism);
+    }
+
+    pub fn name(&self, node: NodeId) -> &str {
+        &self.nodes[node.0].name
+    }
+
+    pub(crate) fn plan(&self) -> Result<Plan, JobError> {
+        let plan_nodes: Vec<PlanNode> = self
+            .nodes
+            .iter()
+            .map(|n| PlanNode {
+                name: n.name.clone(),
+                kind: n.spec.kind(),
+                parallelism: n.parallelism,
+                input_type: n.spec.input().map(|(t, _)| t),
+                output_type: n.spec.output().map(|(t, _)| t),
+            })
+            .collect();
+        for e in &self.edges {
+            if let (Some((_, key_type)), Some(out)) =
+                (&e.partitioning.key_hash, plan_nodes[e.from].output_type)
+            {
+                if *key_type != out {
+                    return Err(JobError::InvalidGraph(format!(
+                        "the key of edge '{}' -> '{}' is extracted from {key_type} but '{}' emits {out}",
+                        self.nodes[e.from].name, self.nodes[e.to].name, self.nodes[e.from].name
+                    )));
+                }
+            }
+        }
+        let plan_edges: Vec<PlanEdge> = self
+            .edges
+            .iter()
+            .map(|e| PlanEdge {
+                from: e.from,
+                to: e.to,
+                kind: e.partitioning.kind,
+            })
+            .collect();
+        plan(
+            &plan_nodes,
+            &plan_edges,
+            self.config.parallelism,
+            self.config.max_parallelism,
+        )
+    }
+
+    /// Validates the graph and describes how it will run.
+    pub fn describe(&self) -> Result<Vec<NodeDescription>, JobError> {
+        let plan = self.plan()?;
+        Ok(self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let vertex = &plan.vertices[plan.vertex_of[i]];
+                let position = vertex
+                    .nodes
+                    .iter()
+                    .position(|&n| n == i)
+                    .expect("node is in its vertex");
+                let inputs = self
+                    .edges
+                    .iter()
+                    .filter(|e| e.to == i)
+                    .map(|e| {
+                        let resolved = plan
+                            .edges
+                            .iter()
+                            .find(|ve| {
+                                self.edges[ve.graph_edge].from == e.from
+                                    && ve.to_vertex == plan.vertex_of[i]
+                            })
+                            .map_or(EdgeKind::Forward, |ve| ve.kind);
+                        let shown = if position > 0 {
+                            "forward (chained)"
+                        } else {
+                            resolved.as_str()
+                        };
+                        (self.nodes[e.from].name.clone(), shown.to_string())
+                    })
+                    .collect();
+                NodeDescription {
+                    name: node.name.clone(),
+                    kind: node.spec.kind().as_str(),
+                    parallelism: plan.parallelism[i],
+                    inputs,
+                    chained_with: (position > 0)
+                        .then(|| self.nodes[vertex.nodes[position - 1]].name.clone()),
+                }
+            })
+            .collect())
+    }
+
+    /// Runs the job to completion on its own actor system; blocks until then.
+    pub fn run(self) -> Result<JobReport, JobError> {
+        crate::job::execute(self)
+    }
+}

@@ -1,0 +1,292 @@
+//! Running a job: one actix system on a thread of its own, one arbiter per worker,
+//! a subtask actor per (chain, parallel index) placed on worker `index % workers`, and
+//! a job master that collects the subtasks' reports.
+//!
+//! Deployment: every actor is started, then wired (its output and input channels get
+//! their peers' addresses), then started; actix delivers one sender's messages in
+//! order, so a subtask always has its wiring before its start.
+
+use crate::error::{JobError, StageError};
+use crate::graph::{Built, JobGraph, OutputEdge};
+use crate::metrics::{JobReport, OperatorCounters};
+use crate::network::{InputSource, OutputTarget};
+use crate::operator::SubtaskInfo;
+use crate::plan::{EdgeKind, Plan};
+use crate::subtask::{Cancel, Head, Start, SubtaskActor, Wire};
+use actix::{Actor, Addr, Arbiter, Context, Handler, Message};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SubtaskFinished;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SubtaskFailed(pub StageError);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Deployed(Vec<Addr<SubtaskActor>>);
+
+/// Collects subtask reports; ends the job when all finished or one failed.
+pub(crate) struct JobMaster {
+    subtasks: Vec<Addr<SubtaskActor>>,
+    running: usize,
+    outcome: Option<oneshot::Sender<Result<(), JobError>>>,
+}
+
+impl JobMaster {
+    fn end(&mut self, result: Result<(), JobError>) {
+        if let Some(outcome) = self.outcome.take() {
+            let _ = outcome.send(result);
+        }
+    }
+}
+
+impl Actor for JobMaster {
+    type Context = Context<Self>;
+}
+
+impl Handler<Deployed> for JobMaster {
+    type Result = ();
+    fn handle(&mut self, deployed: Deployed, _: &mut Context<Self>) {
+        self.running += deployed.0.len();
+        self.subtasks = deployed.0;
+    }
+}
+
+impl Handler<SubtaskFinished> for JobMaster {
+    type Result = ();
+    fn handle(&mut self, _: SubtaskFinished, _: &mut Context<Self>) {
+        self.running -= 1;
+        if self.running == 0 {
+            self.end(Ok(()));
+        }
+    }
+}
+
+impl Handler<SubtaskFailed> for JobMaster {
+    type Result = ();
+    fn handle(&mut self, failed: SubtaskFailed, _: &mut Context<Self>) {
+        if self.outcome.is_none() {
+            return;
+        }
+        tracing::error!(operator = %failed.0.operator, subtask = failed.0.subtask, cause = %failed.0.cause, "subtask failed");
+        for subtask in &self.subtasks {
+            subtask.do_send(Cancel);
+        }
+        self.end(Err(failed.0.into()));
+    }
+}
+
+/// Everything subtasks need to build their chains, shared read-only.
+struct Deployment {
+    graph: JobGraph,
+    plan: Plan,
+    counters: Vec<Arc<OperatorCounters>>,
+}
+
+impl Deployment {
+    fn build_chain(&self, vertex: usize, index: u32, attempt: u32) -> Result<Head, StageError> {
+        let config = &self.graph.config;
+        let nodes = &self.plan.vertices[vertex].nodes;
+        let parallelism = self.plan.vertices[vertex].parallelism;
+        let tail = &self.graph.nodes[*nodes.last().expect("a vertex has nodes")];
+        let mut next = tail.spec.output().map(|(_, port)| {
+            let mut first_channel = 0;
+            let edges = self
+                .plan
+                .outputs_of(vertex)
+                .map(|e| {
+                    let receivers = self.plan.vertices[e.to_vertex].parallelism;
+                    let mut partitioning = self.graph.edges[e.graph_edge].partitioning.clone();
+                    partitioning.kind = e.kind;
+                    let edge = OutputEdge {
+                        partitioning,
+                        receivers: if e.kind == EdgeKind::Forward {
+                            1
+                        } else {
+                            receivers
+                        },
+                        first_channel,
+                    };
+                    first_channel += e.fan_out(receivers);
+                    edge
+                })
+                .collect();
+            port.network_output(edges, index, config.batch_size, config.max_parallelism)
+        });
+        for &n in nodes.iter().rev() {
+            let node = &self.graph.nodes[n];
+            let info = SubtaskInfo {
+                operator: node.name.as_str().into(),
+                index,
+                parallelism,
+                max_parallelism: config.max_parallelism,
+                attempt,
+            };
+            match node
+                .spec
+                .build(info, self.counters[n].clone(), next.take())?
+            {
+                Built::Source(source) => return Ok(Head::Source(source)),
+                Built::Input(input) => next = Some(input),
+            }
+        }
+        let (_, port) = self.graph.nodes[nodes[0]]
+            .spec
+            .input()
+            .expect("a non-source head has an input");
+        Ok(Head::Input(port.head(next.expect("the chain has a head"))))
+    }
+
+    fn chain_name(&self, vertex: usize) -> String {
+        let names: Vec<&str> = self.plan.vertices[vertex]
+            .nodes
+            .iter()
+            .map(|&n| self.graph.nodes[n].name.as_str())
+            .collect();
+        names.join(" -> ")
+    }
+}
+
+/// Runs a job graph to completion. Blocks; safe to call from any thread, including
+/// one that already runs an async runtime (the job gets a thread of its own).
+pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
+    let plan = graph.plan()?;
+    let counters: Vec<Arc<OperatorCounters>> = graph.nodes.iter().map(|_| Arc::default()).collect();
+    graph.metrics.install(
+        graph
+            .nodes
+            .iter()
+            .zip(&counters)
+            .enumerate()
+            .map(|(i, (node, c))| (node.name.clone(), plan.parallelism[i], c.clone()))
+            .collect(),
+    );
+    let workers = graph.config.resolved_workers();
+    tracing::info!(job = %graph.config.name, subtasks = plan.vertices.iter().map(|v| v.parallelism).sum::<u32>(), workers, "starting job");
+    let metrics = graph.metrics.clone();
+    let deployment = Arc::new(Deployment {
+        graph,
+        plan,
+        counters,
+    });
+    let started = Instant::now();
+    let outcome = std::thread::Builder::new()
+        .name("weir-job".into())
+        .spawn(move || run_on_system(deployment, workers))
+        .map_err(|e| JobError::Runtime(format!("cannot start the job thread: {e}")))?
+        .join()
+        .map_err(|_| JobError::Runtime("the job thread panicked".into()))?;
+    outcome?;
+    Ok(JobReport {
+        operators: metrics.snapshot(),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn run_on_system(deployment: Arc<Deployment>, workers: usize) -> Result<(), JobError> {
+    let system = actix::System::new();
+    let (result, arbiters) = system.block_on(async move {
+        let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+        let (outcome, finished) = oneshot::channel();
+        let master = JobMaster {
+            subtasks: Vec::new(),
+            running: 0,
+            outcome: Some(outcome),
+        }
+        .start();
+        let subtasks = deploy(&deployment, &arbiters, &master, 0);
+        master.do_send(Deployed(subtasks.iter().flatten().cloned().collect()));
+        for subtask in subtasks.iter().flatten() {
+            subtask.do_send(Start);
+        }
+        let result = finished
+            .await
+            .unwrap_or_else(|_| Err(JobError::Runtime("the job master stopped".into())));
+        (result, arbiters)
+    });
+    for arbiter in arbiters {
+        arbiter.stop();
+        let _ = arbiter.join();
+    }
+    result
+}
+
+/// Starts and wires every subtask; returns their addresses per vertex.
+fn deploy(
+    deployment: &Arc<Deployment>,
+    arbiters: &[Arbiter],
+    master: &Addr<JobMaster>,
+    attempt: u32,
+) -> Vec<Vec<Addr<SubtaskActor>>> {
+    let plan = &deployment.plan;
+    let config = &deployment.graph.config;
+    let subtasks: Vec<Vec<Addr<SubtaskActor>>> = (0..plan.vertices.len())
+        .map(|vertex| {
+            (0..plan.vertices[vertex].parallelism)
+                .map(|index| {
+                    let (deployment, master, config) =
+                        (deployment.clone(), master.clone(), config.clone());
+                    let arbiter = arbiters[index as usize % arbiters.len()].handle();
+                    SubtaskActor::start_in_arbiter(&arbiter, move |_| {
+                        let head = deployment.build_chain(vertex, index, attempt);
+                        SubtaskActor::new(
+                            deployment.chain_name(vertex),
+                            index,
+                            head,
+                            &config,
+                            master,
+                        )
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    for (vertex, addrs) in subtasks.iter().enumerate() {
+        for (index, addr) in addrs.iter().enumerate() {
+            let index = index as u32;
+            let mut outputs = Vec::new();
+            for edge in plan.outputs_of(vertex) {
+                let receivers: Vec<u32> = if edge.kind == EdgeKind::Forward {
+                    vec![index]
+                } else {
+                    (0..plan.vertices[edge.to_vertex].parallelism).collect()
+                };
+                for receiver in receivers {
+                    let (input_channel, output_channel) = plan.channel(edge, index, receiver);
+                    debug_assert_eq!(output_channel, outputs.len());
+                    outputs.push(OutputTarget {
+                        receiver: subtasks[edge.to_vertex][receiver as usize]
+                            .clone()
+                            .recipient(),
+                        input_channel,
+                    });
+                }
+            }
+            let mut inputs = Vec::new();
+            for edge in plan.inputs_of(vertex) {
+                let senders: Vec<u32> = if edge.kind == EdgeKind::Forward {
+                    vec![index]
+                } else {
+                    (0..plan.vertices[edge.from_vertex].parallelism).collect()
+                };
+                for sender in senders {
+                    let (input_channel, output_channel) = plan.channel(edge, sender, index);
+                    debug_assert_eq!(input_channel, inputs.len());
+                    inputs.push(InputSource {
+                        sender: subtasks[edge.from_vertex][sender as usize]
+                            .clone()
+                            .recipient(),
+                        output_channel,
+                    });
+                }
+            }
+            addr.do_send(Wire { outputs, inputs });
+        }
+    }
+    subtasks
+}

@@ -1,0 +1,75 @@
+//! Live per-operator counters, shared between subtasks (summed with relaxed atomic
+//! adds once per batch) and whoever watches the job (progress line, reports).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct OperatorCounters {
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+}
+
+impl OperatorCounters {
+    pub(crate) fn add_in(&self, n: usize) {
+        self.records_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_out(&self, n: usize) {
+        self.records_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Counts of one operator over all its subtasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorReport {
+    pub name: String,
+    pub parallelism: u32,
+    pub records_in: u64,
+    pub records_out: u64,
+}
+
+/// The outcome of a finished job.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    pub operators: Vec<OperatorReport>,
+    pub elapsed: Duration,
+}
+
+impl JobReport {
+    /// The report of the operator with this name.
+    pub fn operator(&self, name: &str) -> Option<&OperatorReport> {
+        self.operators.iter().find(|o| o.name == name)
+    }
+}
+
+/// The live counters of a job; empty until the job starts.
+#[derive(Debug, Default)]
+pub struct JobMetrics {
+    operators: OnceLock<Vec<(String, u32, Arc<OperatorCounters>)>>,
+}
+
+impl JobMetrics {
+    pub(crate) fn install(&self, operators: Vec<(String, u32, Arc<OperatorCounters>)>) {
+        // A graph runs once; a second install would be a runtime bug, so keep the first.
+        let _ = self.operators.set(operators);
+    }
+
+    /// Current totals per operator, in graph order.
+    pub fn snapshot(&self) -> Vec<OperatorReport> {
+        self.operators
+            .get()
+            .map(|ops| {
+                ops.iter()
+                    .map(|(name, parallelism, c)| OperatorReport {
+                        name: name.clone(),
+                        parallelism: *parallelism,
+                        records_in: c.records_in.load(Ordering::Relaxed),
+                        records_out: c.records_out.load(Ordering::Relaxed),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

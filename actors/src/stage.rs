@@ -1,0 +1,379 @@
+//! The typed pieces a subtask's chain is built from.
+//!
+//! A chain is a linked list of [`Input`] trait objects, each typed by the records it
+//! takes: operator stages call user code per record and hand their outputs on per
+//! batch; a network output at the end partitions into per-receiver batches. Records
+//! are erased to `Box<dyn Any>` only where they cross between actors ([`InputHead`]).
+//! User code runs under `catch_unwind` once per batch; a failure is attributed to the
+//! operator and subtask it happened in.
+
+use crate::error::{panic_message, StageError};
+use crate::flow::ChannelEvent;
+use crate::metrics::OperatorCounters;
+use crate::network::{AnyBatch, Network};
+use crate::operator::{
+    Context, Data, KeyFn, KeyedOperator, Operator, Sink, Source, SourcePoll, SubtaskInfo,
+};
+use crate::partition::Partitioner;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// Something that takes batches of `T`.
+pub trait Input<T> {
+    fn open(&mut self) -> Result<(), StageError>;
+    /// Consume every record of `records` (the buffer stays for reuse).
+    fn push(&mut self, records: &mut Vec<T>, net: &mut Network) -> Result<(), StageError>;
+    /// Send partly filled network batches.
+    fn flush(&mut self, net: &mut Network);
+    /// Every input has ended.
+    fn finish(&mut self, net: &mut Network) -> Result<(), StageError>;
+}
+
+pub type BoxedInput<T> = Box<dyn Input<T>>;
+
+/// Runs user code, turning an `Err` or a panic into a failure of this subtask.
+pub(crate) fn guarded<R>(
+    info: &SubtaskInfo,
+    f: impl FnOnce() -> anyhow::Result<R>,
+) -> Result<R, StageError> {
+    let cause = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(r)) => return Ok(r),
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(payload) => panic_message(payload.as_ref()),
+    };
+    Err(StageError {
+        operator: info.operator.to_string(),
+        subtask: info.index,
+        cause,
+    })
+}
+
+/// The parts every operator-like stage has.
+pub struct StageCore<Out> {
+    pub info: SubtaskInfo,
+    pub counters: Arc<OperatorCounters>,
+    pub out: Vec<Out>,
+    pub next: BoxedInput<Out>,
+}
+
+impl<Out> StageCore<Out> {
+    pub fn new(info: SubtaskInfo, counters: Arc<OperatorCounters>, next: BoxedInput<Out>) -> Self {
+        StageCore {
+            info,
+            counters,
+            out: Vec::new(),
+            next,
+        }
+    }
+
+    fn emit_downstream(&mut self, net: &mut Network) -> Result<(), StageError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.counters.add_out(self.out.len());
+        self.next.push(&mut self.out, net)
+    }
+}
+
+pub struct OperatorStage<O: Operator> {
+    pub op: O,
+    pub core: StageCore<O::Out>,
+}
+
+impl<O: Operator> Input<O::In> for OperatorStage<O> {
+    fn open(&mut self) -> Result<(), StageError> {
+        let (op, info) = (&mut self.op, &self.core.info);
+        guarded(info, || op.open(info))?;
+        self.core.next.open()
+    }
+
+    fn push(&mut self, records: &mut Vec<O::In>, net: &mut Network) -> Result<(), StageError> {
+        let core = &mut self.core;
+        core.counters.add_in(records.len());
+        let op = &mut self.op;
+        guarded(&core.info, || {
+            let mut ctx = Context::new(&mut core.out, &core.info);
+            for record in records.drain(..) {
+                op.process(record, &mut ctx)?;
+            }
+            Ok(())
+        })?;
+        core.emit_downstream(net)
+    }
+
+    fn flush(&mut self, net: &mut Network) {
+        self.core.next.flush(net);
+    }
+
+    fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
+        let core = &mut self.core;
+        let op = &mut self.op;
+        guarded(&core.info, || {
+            op.finish(&mut Context::new(&mut core.out, &core.info))
+        })?;
+        core.emit_downstream(net)?;
+        core.next.finish(net)
+    }
+}
+
+pub struct KeyedStage<O: KeyedOperator> {
+    pub op: O,
+    pub key_of: KeyFn<O::In, O::Key>,
+    pub core: StageCore<O::Out>,
+}
+
+impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
+    fn open(&mut self) -> Result<(), StageError> {
+        let (op, info) = (&mut self.op, &self.core.info);
+        guarded(info, || op.open(info))?;
+        self.core.next.open()
+    }
+
+    fn push(&mut self, records: &mut Vec<O::In>, net: &mut Network) -> Result<(), StageError> {
+        let core = &mut self.core;
+        core.counters.add_in(records.len());
+        let (op, key_of) = (&mut self.op, &self.key_of);
+        guarded(&core.info, || {
+            let mut ctx = Context::new(&mut core.out, &core.info);
+            for record in records.drain(..) {
+                let key = key_of(&record);
+                op.process(&key, record, &mut ctx)?;
+            }
+            Ok(())
+        })?;
+        core.emit_downstream(net)
+    }
+
+    fn flush(&mut self, net: &mut Network) {
+        self.core.next.flush(net);
+    }
+
+    fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
+        let core = &mut self.core;
+        let op = &mut self.op;
+        guarded(&core.info, || {
+            op.finish(&mut Context::new(&mut core.out, &core.info))
+        })?;
+        core.emit_downstream(net)?;
+        core.next.finish(net)
+    }
+}
+
+pub struct SinkStage<S: Sink> {
+    pub sink: S,
+    pub info: SubtaskInfo,
+    pub counters: Arc<OperatorCounters>,
+}
+
+impl<S: Sink> Input<S::In> for SinkStage<S> {
+    fn open(&mut self) -> Result<(), StageError> {
+        let (sink, info) = (&mut self.sink, &self.info);
+        guarded(info, || sink.open(info))
+    }
+
+    fn push(&mut self, records: &mut Vec<S::In>, _net: &mut Network) -> Result<(), StageError> {
+        self.counters.add_in(records.len());
+        let sink = &mut self.sink;
+        guarded(&self.info, || {
+            records.drain(..).try_for_each(|r| sink.write(r))
+        })
+    }
+
+    fn flush(&mut self, _net: &mut Network) {}
+
+    fn finish(&mut self, _net: &mut Network) -> Result<(), StageError> {
+        let sink = &mut self.sink;
+        guarded(&self.info, || sink.finish())
+    }
+}
+
+/// Partitions records into per-receiver batches on one network edge.
+pub struct NetworkOutput<T> {
+    pub partitioner: Partitioner<T>,
+    /// Index of this edge's first channel among the subtask's output channels.
+    pub first_channel: usize,
+    pub batch_size: usize,
+    pub buffers: Vec<Vec<T>>,
+}
+
+impl<T: Data> NetworkOutput<T> {
+    pub fn new(partitioner: Partitioner<T>, first_channel: usize, batch_size: usize) -> Self {
+        let buffers = (0..partitioner.receivers())
+            .map(|_| Vec::with_capacity(batch_size))
+            .collect();
+        NetworkOutput {
+            partitioner,
+            first_channel,
+            batch_size,
+            buffers,
+        }
+    }
+
+    fn send_buffer(&mut self, receiver: usize, net: &mut Network) {
+        let full = std::mem::replace(
+            &mut self.buffers[receiver],
+            Vec::with_capacity(self.batch_size),
+        );
+        net.send(
+            self.first_channel + receiver,
+            ChannelEvent::Batch(Box::new(full)),
+        );
+    }
+
+    #[inline]
+    fn append(&mut self, receiver: usize, record: T, net: &mut Network) {
+        self.buffers[receiver].push(record);
+        if self.buffers[receiver].len() >= self.batch_size {
+            self.send_buffer(receiver, net);
+        }
+    }
+}
+
+impl<T: Data> Input<T> for NetworkOutput<T> {
+    fn open(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn push(&mut self, records: &mut Vec<T>, net: &mut Network) -> Result<(), StageError> {
+        for record in records.drain(..) {
+            match self.partitioner.select(&record) {
+                Some(receiver) => self.append(receiver, record, net),
+                None => {
+                    let last = self.buffers.len() - 1;
+                    for receiver in 0..last {
+                        self.append(receiver, record.clone(), net);
+                    }
+                    self.append(last, record, net);
+                }
+            }
+        }
+        if self.buffers.iter().any(|b| !b.is_empty()) {
+            net.has_partial = true;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, net: &mut Network) {
+        for receiver in 0..self.buffers.len() {
+            if !self.buffers[receiver].is_empty() {
+                self.send_buffer(receiver, net);
+            }
+        }
+    }
+
+    fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
+        self.flush(net);
+        for receiver in 0..self.buffers.len() {
+            net.send(self.first_channel + receiver, ChannelEvent::EndOfInput);
+        }
+        Ok(())
+    }
+}
+
+/// Hands every batch to several consumers (fan-out).
+pub struct Tee<T> {
+    pub outputs: Vec<BoxedInput<T>>,
+    scratch: Vec<T>,
+}
+
+impl<T> Tee<T> {
+    pub fn new(outputs: Vec<BoxedInput<T>>) -> Self {
+        Tee {
+            outputs,
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl<T: Data> Input<T> for Tee<T> {
+    fn open(&mut self) -> Result<(), StageError> {
+        self.outputs.iter_mut().try_for_each(|o| o.open())
+    }
+
+    fn push(&mut self, records: &mut Vec<T>, net: &mut Network) -> Result<(), StageError> {
+        let (last, others) = self.outputs.split_last_mut().expect("a tee has outputs");
+        for output in others {
+            self.scratch.extend(records.iter().cloned());
+            output.push(&mut self.scratch, net)?;
+        }
+        last.push(records, net)
+    }
+
+    fn flush(&mut self, net: &mut Network) {
+        self.outputs.iter_mut().for_each(|o| o.flush(net));
+    }
+
+    fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
+        self.outputs.iter_mut().try_for_each(|o| o.finish(net))
+    }
+}
+
+/// The head of a chain fed from the network.
+pub trait InputHead {
+    fn open(&mut self) -> Result<(), StageError>;
+    fn push_batch(&mut self, batch: AnyBatch, net: &mut Network) -> Result<(), StageError>;
+    fn flush(&mut self, net: &mut Network);
+    fn finish(&mut self, net: &mut Network) -> Result<(), StageError>;
+}
+
+pub struct TypedHead<T>(pub BoxedInput<T>);
+
+impl<T: Data> InputHead for TypedHead<T> {
+    fn open(&mut self) -> Result<(), StageError> {
+        self.0.open()
+    }
+
+    fn push_batch(&mut self, batch: AnyBatch, net: &mut Network) -> Result<(), StageError> {
+        let mut records = batch
+            .downcast::<Vec<T>>()
+            .expect("edge types are checked when the graph is planned");
+        self.0.push(&mut records, net)
+    }
+
+    fn flush(&mut self, net: &mut Network) {
+        self.0.flush(net)
+    }
+
+    fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
+        self.0.finish(net)
+    }
+}
+
+/// The head of a chain that starts with a source.
+pub trait SourceHead {
+    fn open(&mut self) -> Result<(), StageError>;
+    fn poll(&mut self, max: usize, net: &mut Network) -> Result<SourcePoll, StageError>;
+    fn flush(&mut self, net: &mut Network);
+    fn finish(&mut self, net: &mut Network) -> Result<(), StageError>;
+}
+
+pub struct SourceStage<S: Source> {
+    pub source: S,
+    pub core: StageCore<S::Out>,
+}
+
+impl<S: Source> SourceHead for SourceStage<S> {
+    fn open(&mut self) -> Result<(), StageError> {
+        let (source, info) = (&mut self.source, &self.core.info);
+        guarded(info, || source.open(info))?;
+        self.core.next.open()
+    }
+
+    fn poll(&mut self, max: usize, net: &mut Network) -> Result<SourcePoll, StageError> {
+        let core = &mut self.core;
+        let source = &mut self.source;
+        let status = guarded(&core.info, || {
+            source.poll(&mut Context::new(&mut core.out, &core.info), max)
+        })?;
+        core.emit_downstream(net)?;
+        Ok(status)
+    }
+
+    fn flush(&mut self, net: &mut Network) {
+        self.core.next.flush(net)
+    }
+
+    fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
+        self.core.next.finish(net)
+    }
+}

@@ -1,0 +1,308 @@
+//! The subtask actor: one parallel instance of a chain of operators.
+//!
+//! It is a thin shell: it queues what arrives on its input channels, and in bounded
+//! rounds (`PUMP_BATCHES` batches, then it yields to its mailbox so control messages
+//! never wait long) feeds the chain, returns a credit per processed batch, and stops
+//! processing while any output channel waits for credit. A partly filled output batch
+//! leaves after `linger`. When every input has ended (or the source is exhausted) it
+//! finishes the chain, drains its outputs, reports to the job master and stops.
+
+use crate::config::JobConfig;
+use crate::error::StageError;
+use crate::flow::ChannelEvent;
+use crate::job::{JobMaster, SubtaskFailed, SubtaskFinished};
+use crate::network::{AnyBatch, Credit, Deliver, InputSource, Network, OutputTarget};
+use crate::operator::SourcePoll;
+use crate::stage::{InputHead, SourceHead};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Batches processed (or polled) before the actor yields to its mailbox.
+const PUMP_BATCHES: usize = 8;
+
+pub(crate) enum Head {
+    Source(Box<dyn SourceHead>),
+    Input(Box<dyn InputHead>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Running,
+    /// The chain has finished; waiting for the outputs to drain.
+    Draining,
+    /// Reported to the master (finished, failed or cancelled).
+    Over,
+}
+
+pub(crate) struct SubtaskActor {
+    name: String,
+    index: u32,
+    head: Result<Head, StageError>,
+    net: Network,
+    inputs: Vec<InputSource>,
+    queue: VecDeque<(usize, ChannelEvent<AnyBatch>)>,
+    ended_inputs: usize,
+    master: Addr<JobMaster>,
+    phase: Phase,
+    pump_scheduled: bool,
+    linger_armed: bool,
+    batch_size: usize,
+    channel_capacity: usize,
+    linger: Duration,
+}
+
+impl SubtaskActor {
+    pub fn new(
+        name: String,
+        index: u32,
+        head: Result<Head, StageError>,
+        config: &JobConfig,
+        master: Addr<JobMaster>,
+    ) -> Self {
+        SubtaskActor {
+            name,
+            index,
+            head,
+            net: Network::new(Vec::new(), 1),
+            inputs: Vec::new(),
+            queue: VecDeque::new(),
+            ended_inputs: 0,
+            master,
+            phase: Phase::Created,
+            pump_scheduled: false,
+            linger_armed: false,
+            batch_size: config.batch_size,
+            channel_capacity: config.channel_capacity,
+            linger: config.linger,
+        }
+    }
+
+    fn head(&mut self) -> &mut Head {
+        self.head
+            .as_mut()
+            .expect("a subtask whose chain failed to build never runs")
+    }
+
+    fn schedule_pump(&mut self, ctx: &mut Context<Self>) {
+        if !self.pump_scheduled {
+            self.pump_scheduled = true;
+            ctx.notify(Pump);
+        }
+    }
+
+    /// Process input while the outputs accept it, for at most `PUMP_BATCHES` rounds.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let mut rounds = 0;
+        while self.phase == Phase::Running && !self.net.is_blocked() {
+            if rounds == PUMP_BATCHES {
+                self.schedule_pump(ctx);
+                break;
+            }
+            rounds += 1;
+            let progressed = match self.step(ctx) {
+                Ok(progressed) => progressed,
+                Err(error) => {
+                    self.fail(error, ctx);
+                    return;
+                }
+            };
+            if !progressed {
+                break;
+            }
+        }
+        self.arm_linger(ctx);
+    }
+
+    /// One unit of work; false when there is nothing to do now.
+    fn step(&mut self, ctx: &mut Context<Self>) -> Result<bool, StageError> {
+        let batch_size = self.batch_size;
+        let (head, net) = (
+            self.head.as_mut().expect("running subtasks have a chain"),
+            &mut self.net,
+        );
+        match head {
+            Head::Source(source) => match source.poll(batch_size, net)? {
+                SourcePoll::Ready => Ok(true),
+                SourcePoll::Pending(delay) => {
+                    ctx.run_later(delay, |actor, ctx| actor.pump(ctx));
+                    Ok(false)
+                }
+                SourcePoll::Finished => {
+                    self.finish_chain(ctx)?;
+                    Ok(false)
+                }
+            },
+            Head::Input(input) => match self.queue.pop_front() {
+                None => Ok(false),
+                Some((channel, ChannelEvent::Batch(batch))) => {
+                    input.push_batch(batch, net)?;
+                    let source = &self.inputs[channel];
+                    source.sender.do_send(Credit {
+                        channel: source.output_channel,
+                        batches: 1,
+                    });
+                    Ok(true)
+                }
+                Some((_, ChannelEvent::EndOfInput)) => {
+                    self.ended_inputs += 1;
+                    if self.ended_inputs == self.inputs.len() {
+                        self.finish_chain(ctx)?;
+                    }
+                    Ok(true)
+                }
+            },
+        }
+    }
+
+    fn finish_chain(&mut self, ctx: &mut Context<Self>) -> Result<(), StageError> {
+        let net = &mut self.net;
+        match self.head.as_mut().expect("running subtasks have a chain") {
+            Head::Source(source) => source.finish(net)?,
+            Head::Input(input) => input.finish(net)?,
+        }
+        self.phase = Phase::Draining;
+        self.finish_if_drained(ctx);
+        Ok(())
+    }
+
+    fn finish_if_drained(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Draining && !self.net.is_blocked() {
+            self.phase = Phase::Over;
+            tracing::debug!(subtask = %self.name, index = self.index, "finished");
+            self.master.do_send(SubtaskFinished);
+            ctx.stop();
+        }
+    }
+
+    fn fail(&mut self, error: StageError, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Over {
+            return;
+        }
+        self.phase = Phase::Over;
+        self.master.do_send(SubtaskFailed(error));
+        ctx.stop();
+    }
+
+    fn arm_linger(&mut self, ctx: &mut Context<Self>) {
+        if self.net.has_partial && !self.linger_armed && self.phase == Phase::Running {
+            self.linger_armed = true;
+            ctx.run_later(self.linger, |actor, _| {
+                actor.linger_armed = false;
+                actor.net.has_partial = false;
+                if actor.phase == Phase::Running {
+                    let net = &mut actor.net;
+                    match actor.head.as_mut().expect("running subtasks have a chain") {
+                        Head::Source(source) => source.flush(net),
+                        Head::Input(input) => input.flush(net),
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl Actor for SubtaskActor {
+    type Context = Context<Self>;
+}
+
+impl Drop for SubtaskActor {
+    fn drop(&mut self) {
+        // An actor that vanishes without a report (its thread died) fails the job
+        // instead of hanging it.
+        if self.phase != Phase::Over {
+            self.master.do_send(SubtaskFailed(StageError {
+                operator: self.name.clone(),
+                subtask: self.index,
+                cause: "the subtask was lost (its worker thread stopped)".into(),
+            }));
+        }
+    }
+}
+
+/// Connects a subtask to its peers; sent before [`Start`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Wire {
+    pub outputs: Vec<OutputTarget>,
+    pub inputs: Vec<InputSource>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Start;
+
+/// Stop at once, without reporting (the job master decided the job is over).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Cancel;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Pump;
+
+impl Handler<Wire> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, wire: Wire, _ctx: &mut Context<Self>) {
+        self.net = Network::new(wire.outputs, self.channel_capacity);
+        self.inputs = wire.inputs;
+    }
+}
+
+impl Handler<Start> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, _: Start, ctx: &mut Context<Self>) {
+        let opened = match &mut self.head {
+            Err(error) => Err(error.clone()),
+            Ok(Head::Source(source)) => source.open(),
+            Ok(Head::Input(input)) => input.open(),
+        };
+        if let Err(error) = opened {
+            self.fail(error, ctx);
+            return;
+        }
+        self.phase = Phase::Running;
+        if matches!(self.head(), Head::Source(_)) {
+            self.schedule_pump(ctx);
+        }
+    }
+}
+
+impl Handler<Pump> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, _: Pump, ctx: &mut Context<Self>) {
+        self.pump_scheduled = false;
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Deliver> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, deliver: Deliver, ctx: &mut Context<Self>) {
+        self.queue.push_back((deliver.channel, deliver.event));
+        if !self.pump_scheduled {
+            self.pump(ctx);
+        }
+    }
+}
+
+impl Handler<Credit> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
+        self.net.grant(credit.channel, credit.batches);
+        match self.phase {
+            Phase::Draining => self.finish_if_drained(ctx),
+            Phase::Running if !self.pump_scheduled => self.pump(ctx),
+            _ => {}
+        }
+    }
+}
+
+impl Handler<Cancel> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, _: Cancel, ctx: &mut Context<Self>) {
+        self.phase = Phase::Over;
+        ctx.stop();
+    }
+}

@@ -1,0 +1,295 @@
+//! The typed API for embedding weir in a Rust program, in the spirit of Flink's
+//! DataStream API:
+//!
+//! ```no_run
+//! use weir::{JobConfig, StreamJob};
+//! # use weir::{Context, Source, SourcePoll, Sink};
+//! # struct Numbers(u64);
+//! # impl Source for Numbers { type Out = u64;
+//! #   fn poll(&mut self, ctx: &mut Context<'_, u64>, _max: usize) -> anyhow::Result<SourcePoll> {
+//! #     if self.0 == 0 { return Ok(SourcePoll::Finished) } self.0 -= 1; ctx.emit(self.0); Ok(SourcePoll::Ready) } }
+//! # struct Print; impl Sink for Print { type In = (u64, u64);
+//! #   fn write(&mut self, r: (u64, u64)) -> anyhow::Result<()> { println!("{r:?}"); Ok(()) } }
+//! let job = StreamJob::new(JobConfig::default());
+//! job.source("numbers", |_| Numbers(1000))
+//!     .map("pair", |n| (n % 10, n))
+//!     .key_by(|(k, _)| *k)
+//!     .reduce("sum", |(k, a), (_, b)| (*k, a + b))
+//!     .sink("print", |_| Print);
+//! let report = job.run().unwrap();
+//! ```
+//!
+//! Every node gets a unique name; the factories run once per parallel subtask, on the
+//! subtask's worker thread.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+use weir_actors::{
+    Context, Data, JobConfig, JobError, JobGraph, JobMetrics, JobReport, Key, KeyedOperator,
+    NodeDescription, NodeId, Operator, Partitioning, Sink, Source, SubtaskInfo,
+};
+
+/// A job being built; `run` executes it.
+pub struct StreamJob {
+    graph: Rc<RefCell<JobGraph>>,
+}
+
+impl StreamJob {
+    pub fn new(config: JobConfig) -> Self {
+        StreamJob {
+            graph: Rc::new(RefCell::new(JobGraph::new(config))),
+        }
+    }
+
+    pub fn source<S: Source>(
+        &self,
+        name: &str,
+        make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    ) -> DataStream<S::Out> {
+        let node = self.graph.borrow_mut().add_source(name, make);
+        DataStream::new(self.graph.clone(), node, Partitioning::default_for_edge())
+    }
+
+    /// Live per-operator counters (filled once the job starts).
+    pub fn metrics(&self) -> Arc<JobMetrics> {
+        self.graph.borrow().metrics()
+    }
+
+    /// Validates the graph and shows how it will run (parallelism, partitioning, chains).
+    pub fn describe(&self) -> Result<Vec<NodeDescription>, JobError> {
+        self.graph.borrow().describe()
+    }
+
+    /// Runs the job; returns when all bounded input is processed, or on the first failure.
+    pub fn run(self) -> Result<JobReport, JobError> {
+        let graph = Rc::try_unwrap(self.graph)
+            .map_err(|_| {
+                JobError::InvalidGraph(
+                    "a DataStream of this job is still alive; drop it before run()".into(),
+                )
+            })?
+            .into_inner();
+        graph.run()
+    }
+}
+
+/// A stream of `T` records: the output of one node, plus how the next edge partitions.
+pub struct DataStream<T> {
+    graph: Rc<RefCell<JobGraph>>,
+    node: NodeId,
+    partitioning: Partitioning,
+    _records: PhantomData<fn() -> T>,
+}
+
+impl<T: Data> DataStream<T> {
+    fn new(graph: Rc<RefCell<JobGraph>>, node: NodeId, partitioning: Partitioning) -> Self {
+        DataStream {
+            graph,
+            node,
+            partitioning,
+            _records: PhantomData,
+        }
+    }
+
+    fn then(self, add: impl FnOnce(&mut JobGraph) -> NodeId) -> NodeId {
+        let mut graph = self.graph.borrow_mut();
+        let next = add(&mut graph);
+        graph.connect(self.node, next, self.partitioning);
+        next
+    }
+
+    fn followed_by<U: Data>(self, add: impl FnOnce(&mut JobGraph) -> NodeId) -> DataStream<U> {
+        let graph = self.graph.clone();
+        let node = self.then(add);
+        DataStream::new(graph, node, Partitioning::default_for_edge())
+    }
+
+    /// Any operator; `make` builds one instance per subtask.
+    pub fn process<O: Operator<In = T>>(
+        self,
+        name: &str,
+        make: impl Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+    ) -> DataStream<O::Out> {
+        self.followed_by(|g| g.add_operator(name, make))
+    }
+
+    pub fn map<U: Data>(
+        self,
+        name: &str,
+        f: impl Fn(T) -> U + Send + Sync + 'static,
+    ) -> DataStream<U> {
+        let f = Arc::new(f);
+        self.process(name, move |_| Map(f.clone(), PhantomData))
+    }
+
+    pub fn filter(
+        self,
+        name: &str,
+        f: impl Fn(&T) -> bool + Send + Sync + 'static,
+    ) -> DataStream<T> {
+        let f = Arc::new(f);
+        self.process(name, move |_| Filter(f.clone(), PhantomData))
+    }
+
+    pub fn flat_map<U: Data, I: IntoIterator<Item = U> + 'static>(
+        self,
+        name: &str,
+        f: impl Fn(T) -> I + Send + Sync + 'static,
+    ) -> DataStream<U> {
+        let f = Arc::new(f);
+        self.process(name, move |_| FlatMap(f.clone(), PhantomData))
+    }
+
+    /// Partitions by key: every record of a key reaches the same subtask, the owner of
+    /// the key's key group.
+    pub fn key_by<K: Key>(
+        self,
+        key_of: impl Fn(&T) -> K + Send + Sync + 'static,
+    ) -> KeyedStream<T, K> {
+        KeyedStream {
+            stream: self,
+            key_of: Arc::new(key_of),
+        }
+    }
+
+    /// The next edge sends records round robin.
+    pub fn rebalance(mut self) -> DataStream<T> {
+        self.partitioning = Partitioning::rebalance();
+        self
+    }
+
+    /// The next edge sends every record to every subtask.
+    pub fn broadcast(mut self) -> DataStream<T> {
+        self.partitioning = Partitioning::broadcast();
+        self
+    }
+
+    /// Sets the parallelism of the node that produces this stream.
+    pub fn parallelism(self, parallelism: u32) -> DataStream<T> {
+        self.graph
+            .borrow_mut()
+            .set_parallelism(self.node, parallelism);
+        self
+    }
+
+    pub fn sink<S: Sink<In = T>>(
+        self,
+        name: &str,
+        make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    ) {
+        self.then(|g| g.add_sink(name, make));
+    }
+
+    /// A sink with its own parallelism.
+    pub fn sink_with_parallelism<S: Sink<In = T>>(
+        self,
+        name: &str,
+        parallelism: u32,
+        make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    ) {
+        self.then(|g| {
+            let sink = g.add_sink(name, make);
+            g.set_parallelism(sink, parallelism);
+            sink
+        });
+    }
+}
+
+/// A stream partitioned by key.
+pub struct KeyedStream<T, K> {
+    stream: DataStream<T>,
+    key_of: Arc<dyn Fn(&T) -> K + Send + Sync>,
+}
+
+impl<T: Data, K: Key> KeyedStream<T, K> {
+    /// A keyed operator: each record arrives with its key.
+    pub fn process<O: KeyedOperator<Key = K, In = T>>(
+        mut self,
+        name: &str,
+        make: impl Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+    ) -> DataStream<O::Out> {
+        self.stream.partitioning = Partitioning::key(self.key_of.clone());
+        let key_of = self.key_of;
+        self.stream
+            .followed_by(move |g| g.add_keyed_operator(name, key_of, make))
+    }
+
+    /// Folds each key's records with `f` and emits the updated value per record.
+    pub fn reduce(
+        self,
+        name: &str,
+        f: impl Fn(&T, T) -> T + Send + Sync + 'static,
+    ) -> DataStream<T> {
+        let f = Arc::new(f);
+        self.process(name, move |_| Reduce {
+            f: f.clone(),
+            current: rustc_hash::FxHashMap::default(),
+        })
+    }
+}
+
+/// `fn(In) -> Out` closures shared by all subtasks of map, filter and flat_map.
+struct Map<F, In, Out>(Arc<F>, PhantomData<fn(In) -> Out>);
+struct Filter<F, T>(Arc<F>, PhantomData<fn(T)>);
+struct FlatMap<F, In, I>(Arc<F>, PhantomData<fn(In) -> I>);
+
+impl<F: Fn(In) -> Out + Send + Sync + 'static, In: Data, Out: Data> Operator for Map<F, In, Out> {
+    type In = In;
+    type Out = Out;
+
+    fn process(&mut self, record: In, ctx: &mut Context<'_, Out>) -> anyhow::Result<()> {
+        ctx.emit((self.0)(record));
+        Ok(())
+    }
+}
+
+impl<F: Fn(&T) -> bool + Send + Sync + 'static, T: Data> Operator for Filter<F, T> {
+    type In = T;
+    type Out = T;
+
+    fn process(&mut self, record: T, ctx: &mut Context<'_, T>) -> anyhow::Result<()> {
+        if (self.0)(&record) {
+            ctx.emit(record);
+        }
+        Ok(())
+    }
+}
+
+impl<F, In, I> Operator for FlatMap<F, In, I>
+where
+    F: Fn(In) -> I + Send + Sync + 'static,
+    In: Data,
+    I: IntoIterator + 'static,
+    I::Item: Data,
+{
+    type In = In;
+    type Out = I::Item;
+
+    fn process(&mut self, record: In, ctx: &mut Context<'_, I::Item>) -> anyhow::Result<()> {
+        (self.0)(record).into_iter().for_each(|out| ctx.emit(out));
+        Ok(())
+    }
+}
+
+struct Reduce<T, K, F> {
+    f: Arc<F>,
+    current: rustc_hash::FxHashMap<K, T>,
+}
+
+impl<T: Data, K: Key, F: Fn(&T, T) -> T + Send + Sync + 'static> KeyedOperator for Reduce<T, K, F> {
+    type Key = K;
+    type In = T;
+    type Out = T;
+
+    fn process(&mut self, key: &K, record: T, ctx: &mut Context<'_, T>) -> anyhow::Result<()> {
+        let updated = match self.current.get(key) {
+            Some(acc) => (self.f)(acc, record),
+            None => record,
+        };
+        ctx.emit(updated.clone());
+        self.current.insert(key.clone(), updated);
+        Ok(())
+    }
+}
