@@ -14,3 +14,4 @@ pub mod record;
 pub mod builtins;
 pub mod expr;
 pub mod topology;
+pub mod cli;

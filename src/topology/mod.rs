@@ -47,3 +47,7 @@ mod tests {
         assert_eq!(levenshtein("kitten", "sitting"), 3);
     }
 }
+pub mod model;
+pub use model::{load, parse_str, Node, NodeKind, Role, Topology};
+pub mod build;
+pub use build::{build, BuiltJob};

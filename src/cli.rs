@@ -1,0 +1,369 @@
+//! The `weir` command line: `weir run FILE`, `weir validate FILE`.
+//!
+//! Exit codes: 0 success, 1 the job failed while running, 2 a bad topology or bad
+//! usage. Every error is one message on stderr, without a backtrace. Logs go to
+//! stderr through tracing-subscriber (`--log-level`, else `RUST_LOG`, else `info`);
+//! when stderr is a terminal a progress line shows records in/out per second.
+
+use crate::topology::{self, BuiltJob, Topology};
+use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_actors::{JobError, JobMetrics, JobReport, OperatorReport};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "weir: a stream-processing runtime; runs TOML topologies",
+    after_help = "Examples:\n  weir run examples/wordcount.toml\n  weir run examples/running_sum.toml --set job.parallelism=4 --set numbers.count=1000000\n  weir validate examples/wordcount.toml"
+)]
+pub struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive such as
+    /// `weir=debug`); overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate and run a topology; prints a per-operator summary on stderr.
+    Run {
+        /// The topology file.
+        file: PathBuf,
+        /// Override a setting: `job.KEY=VALUE` or `NODE_ID.KEY=VALUE` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Never show the progress line, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check a topology and print the resolved graph: parallelism, partitioning,
+    /// chaining.
+    Validate {
+        /// The topology file.
+        file: PathBuf,
+        /// Override a setting: `job.KEY=VALUE` or `NODE_ID.KEY=VALUE` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+/// Runs the CLI on the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(msg) = init_logging(cli.log_level.as_deref()) {
+        eprintln!("error: {msg}");
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Command::Run {
+            file,
+            set,
+            no_progress,
+        } => run(&file, &set, !no_progress && std::io::stderr().is_terminal()),
+        Command::Validate { file, set } => validate(&file, &set),
+    }
+}
+
+fn init_logging(level: Option<&str>) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l)
+            .map_err(|e| format!("--log-level {l}: {e} (use error, warn, info, debug or trace)"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+    Ok(())
+}
+
+fn load(file: &std::path::Path, set: &[String]) -> Result<Topology, ExitCode> {
+    topology::load(file, set).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn validate(file: &std::path::Path, set: &[String]) -> ExitCode {
+    let t = match load(file, set) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let built = topology::build(&t);
+    let described = match built.graph.describe() {
+        Ok(d) => d,
+        Err(e) => return job_error(&t, &e),
+    };
+    let mut out = String::new();
+    out.push_str(&format!("{}: valid\n", t.path));
+    let j = &t.job;
+    out.push_str(&format!(
+        "job `{}`: parallelism {}, max_parallelism {}, workers {}, batch_size {}, channel_capacity {}, linger {} ms\n\n",
+        j.name,
+        j.parallelism,
+        j.max_parallelism,
+        if j.workers == 0 {
+            format!("{} (one per core)", j.resolved_workers())
+        } else {
+            j.workers.to_string()
+        },
+        j.batch_size,
+        j.channel_capacity,
+        j.linger.as_millis()
+    ));
+    let type_of = |id: &str| {
+        t.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map_or(String::new(), |n| {
+                format!("{} {}", n.type_name, n.role.table())
+            })
+    };
+    let rows: Vec<[String; 5]> = described
+        .iter()
+        .map(|d| {
+            let inputs = if d.inputs.is_empty() {
+                "-".to_string()
+            } else {
+                d.inputs
+                    .iter()
+                    .map(
+                        |(from, how)| match built.keys.get(&(d.name.clone(), from.clone())) {
+                            Some(k) => format!(
+                                "{from}: {how} by {}",
+                                k.iter().map(|f| &**f).collect::<Vec<_>>().join(", ")
+                            ),
+                            None => format!("{from}: {how}"),
+                        },
+                    )
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            [
+                d.name.clone(),
+                type_of(&d.name),
+                d.parallelism.to_string(),
+                inputs,
+                d.chained_with.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "node",
+            "type",
+            "parallelism",
+            "inputs: partitioning",
+            "chained after",
+        ],
+        &rows,
+    ));
+    let key_bys: Vec<String> = t
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            topology::NodeKind::KeyBy(k) => Some(format!(
+                "  {} = key_by {} (partitions the edges to its readers)",
+                n.id,
+                k.iter().map(|f| &**f).collect::<Vec<_>>().join(", ")
+            )),
+            _ => None,
+        })
+        .collect();
+    if !key_bys.is_empty() {
+        out.push('\n');
+        out.push_str(&key_bys.join("\n"));
+        out.push('\n');
+    }
+    print!("{out}");
+    ExitCode::SUCCESS
+}
+
+/// A left-aligned text table.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == N {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn job_error(t: &Topology, e: &JobError) -> ExitCode {
+    match e {
+        JobError::InvalidGraph(msg) => {
+            eprintln!("error: {}: {msg}", t.path);
+            ExitCode::from(2)
+        }
+        other => {
+            eprintln!("error: job `{}` failed: {other}", t.job.name);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(file: &std::path::Path, set: &[String], progress: bool) -> ExitCode {
+    let t = match load(file, set) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let BuiltJob {
+        graph, bad_records, ..
+    } = topology::build(&t);
+    if let Err(e) = graph.describe() {
+        return job_error(&t, &e);
+    }
+    tracing::info!(
+        "running job `{}` from {} (parallelism {})",
+        t.job.name,
+        t.path,
+        t.job.parallelism
+    );
+    let metrics = graph.metrics();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let progress_thread = progress.then(|| {
+        let metrics = metrics.clone();
+        std::thread::spawn(move || progress_loop(&metrics, &stop_rx))
+    });
+    let result = graph.run();
+    drop(stop_tx);
+    if let Some(h) = progress_thread {
+        let _ = h.join();
+    }
+    match result {
+        Ok(report) => {
+            eprint!("{}", summary(&t, &report, &bad_records));
+            ExitCode::SUCCESS
+        }
+        Err(e) => job_error(&t, &e),
+    }
+}
+
+fn summary(
+    t: &Topology,
+    report: &JobReport,
+    bad: &[(String, Arc<crate::builtins::BadRecordStats>)],
+) -> String {
+    let secs = report.elapsed.as_secs_f64();
+    let mut out = format!("job `{}` finished in {:.3} s\n", t.job.name, secs);
+    let rows: Vec<[String; 5]> = report
+        .operators
+        .iter()
+        .map(|o| {
+            let busiest = o.records_in.max(o.records_out) as f64;
+            [
+                o.name.clone(),
+                o.parallelism.to_string(),
+                o.records_in.to_string(),
+                o.records_out.to_string(),
+                if secs > 0.0 {
+                    format!("{}/s", human(busiest / secs))
+                } else {
+                    "-".into()
+                },
+            ]
+        })
+        .collect();
+    for l in table(
+        &[
+            "operator",
+            "parallelism",
+            "records in",
+            "records out",
+            "rate",
+        ],
+        &rows,
+    )
+    .lines()
+    {
+        out.push_str("  ");
+        out.push_str(l);
+        out.push('\n');
+    }
+    for (id, stats) in bad {
+        let skipped = stats.skipped.load(Ordering::Relaxed);
+        let dead = stats.dead_lettered.load(Ordering::Relaxed);
+        if skipped > 0 {
+            out.push_str(&format!("  {id}: {skipped} bad records skipped\n"));
+        }
+        if dead > 0 {
+            out.push_str(&format!(
+                "  {id}: {dead} bad records written to the dead-letter file\n"
+            ));
+        }
+    }
+    out
+}
+
+/// 1234567 -> "1.23M".
+fn human(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2}G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn progress_loop(metrics: &JobMetrics, stop: &mpsc::Receiver<()>) {
+    let mut last: Vec<OperatorReport> = Vec::new();
+    let mut last_at = Instant::now();
+    let mut stderr = std::io::stderr();
+    loop {
+        match stop.recv_timeout(Duration::from_secs(1)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => {
+                let _ = write!(stderr, "\r\x1b[K");
+                let _ = stderr.flush();
+                return;
+            }
+        }
+        let now = metrics.snapshot();
+        let dt = last_at.elapsed().as_secs_f64().max(1e-3);
+        last_at = Instant::now();
+        let parts: Vec<String> = now
+            .iter()
+            .map(|o| {
+                let prev = last.iter().find(|p| p.name == o.name);
+                let rin = (o.records_in - prev.map_or(0, |p| p.records_in)) as f64 / dt;
+                let rout = (o.records_out - prev.map_or(0, |p| p.records_out)) as f64 / dt;
+                format!("{} in {}/s out {}/s", o.name, human(rin), human(rout))
+            })
+            .collect();
+        last = now;
+        let _ = write!(stderr, "\r\x1b[K{}", parts.join(" | "));
+        let _ = stderr.flush();
+    }
+}

@@ -1,0 +1,200 @@
+//! Building the runtime's job graph from a validated topology.
+//!
+//! Every node becomes one graph node named by its id, except `key_by`, which is not
+//! an operator but the partitioning of the edges leaving it: whoever reads a key_by
+//! reads its inputs through key-partitioned edges. Nodes with several inputs get one
+//! edge per input (a union); a node read by several nodes fans out.
+
+use super::model::{NodeKind, Topology};
+use crate::builtins::{
+    AggSpec, AggregateOperator, BadRecordStats, DeadLetterFile, FileSink, FileSource,
+    FilterOperator, FlatMapOperator, GeneratorSource, MapOperator, NullSink, OnError, StdinSource,
+    StdoutSink,
+};
+use crate::record::{Record, RecordKey, Value};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use weir_actors::operator::KeyFn;
+use weir_actors::{JobGraph, NodeId, Partitioning};
+
+/// A job graph built from a topology, with what the CLI reports besides counts.
+pub struct BuiltJob {
+    pub graph: JobGraph,
+    /// Bad-record counters per source id.
+    pub bad_records: Vec<(String, Arc<BadRecordStats>)>,
+    /// The key fields of key-partitioned inputs: (reader id, upstream id) -> fields.
+    pub keys: HashMap<(String, String), Vec<Arc<str>>>,
+}
+
+/// The key extractor over `fields`; a missing field keys as null (keyed
+/// aggregations check and fail with a message naming the field).
+pub fn key_fn(fields: &[Arc<str>]) -> KeyFn<Record, RecordKey> {
+    if let [one] = fields {
+        let one = one.clone();
+        Arc::new(move |r: &Record| RecordKey::One(r.get(&one).cloned().unwrap_or(Value::Null)))
+    } else {
+        let fields = fields.to_vec();
+        Arc::new(move |r: &Record| {
+            RecordKey::Many(
+                fields
+                    .iter()
+                    .map(|f| r.get(f).cloned().unwrap_or(Value::Null))
+                    .collect(),
+            )
+        })
+    }
+}
+
+/// A node index and the key fields when the edge from it is key-partitioned.
+type Upstream = (usize, Option<Vec<Arc<str>>>);
+
+/// One upstream of a node as the graph sees it: a real node, and the key fields if the
+/// edge is key-partitioned.
+fn resolve(
+    t: &Topology,
+    by_id: &HashMap<&str, usize>,
+    id: &str,
+    key: Option<&[Arc<str>]>,
+    out: &mut Vec<(usize, Option<Vec<Arc<str>>>)>,
+) {
+    let i = by_id[id];
+    match &t.nodes[i].kind {
+        NodeKind::KeyBy(fields) => {
+            // The outermost key_by decides the key.
+            let key = key.unwrap_or(fields);
+            for (input, _) in &t.nodes[i].inputs {
+                resolve(t, by_id, input, Some(key), out);
+            }
+        }
+        _ => out.push((i, key.map(<[Arc<str>]>::to_vec))),
+    }
+}
+
+/// Builds the job graph (no file is opened until the job runs).
+pub fn build(t: &Topology) -> BuiltJob {
+    let mut graph = JobGraph::new(t.job.clone());
+    let by_id: HashMap<&str, usize> = t
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    let mut ids: HashMap<usize, NodeId> = HashMap::new();
+    let mut bad_records = Vec::new();
+    let mut keys = HashMap::new();
+
+    // Each node's resolved inputs.
+    let inputs: Vec<Vec<Upstream>> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut out = Vec::new();
+            for (input, _) in &n.inputs {
+                resolve(t, &by_id, input, None, &mut out);
+            }
+            out
+        })
+        .collect();
+
+    for (i, n) in t.nodes.iter().enumerate() {
+        let name = n.id.as_str();
+        let node = match &n.kind {
+            NodeKind::KeyBy(_) => continue,
+            NodeKind::Generator(spec) => {
+                let spec = spec.clone();
+                graph.add_source(name, move |info| GeneratorSource::new(spec.clone(), info))
+            }
+            NodeKind::File(spec) => {
+                let stats = Arc::new(BadRecordStats::default());
+                bad_records.push((n.id.clone(), stats.clone()));
+                let dead = match &spec.on_error {
+                    OnError::DeadLetter(p) => Some(DeadLetterFile::new(p.clone())),
+                    _ => None,
+                };
+                let spec = spec.clone();
+                graph.add_source(name, move |info| {
+                    FileSource::new(spec.clone(), info, dead.clone(), stats.clone())
+                })
+            }
+            NodeKind::Stdin(spec) => {
+                let stats = Arc::new(BadRecordStats::default());
+                bad_records.push((n.id.clone(), stats.clone()));
+                let dead = match &spec.on_error {
+                    OnError::DeadLetter(p) => Some(DeadLetterFile::new(p.clone())),
+                    _ => None,
+                };
+                let spec = spec.clone();
+                let node = graph.add_source(name, move |info| {
+                    StdinSource::new(spec.clone(), info, dead.clone(), stats.clone())
+                });
+                graph.set_parallelism(node, 1);
+                node
+            }
+            NodeKind::Map(spec) => {
+                let spec = spec.clone();
+                graph.add_operator(name, move |_| MapOperator::new(spec.clone()))
+            }
+            NodeKind::Filter(e) => {
+                let e = e.clone();
+                graph.add_operator(name, move |_| FilterOperator::new(e.clone()))
+            }
+            NodeKind::FlatMap(spec) => {
+                let spec = spec.clone();
+                graph.add_operator(name, move |_| FlatMapOperator::new(spec.clone()))
+            }
+            NodeKind::Aggregate {
+                kind,
+                field,
+                output,
+            } => {
+                let key = inputs[i]
+                    .first()
+                    .and_then(|(_, k)| k.clone())
+                    .expect("validation: aggregations read a key_by");
+                let spec = Arc::new(AggSpec {
+                    kind: *kind,
+                    key: key.clone(),
+                    field: field.clone(),
+                    output: output.clone(),
+                });
+                graph.add_keyed_operator(name, key_fn(&key), move |_| {
+                    AggregateOperator::new(spec.clone())
+                })
+            }
+            NodeKind::Stdout(format) => {
+                let flag = Arc::new(AtomicBool::new(false));
+                let format = *format;
+                graph.add_sink(name, move |_| StdoutSink::new(format, flag.clone()))
+            }
+            NodeKind::FileSink(path, format) => {
+                let (path, format) = (path.clone(), *format);
+                graph.add_sink(name, move |_| FileSink::new(path.clone(), format))
+            }
+            NodeKind::Null => graph.add_sink(name, |_| NullSink),
+        };
+        if let Some((p, _)) = &n.parallelism {
+            graph.set_parallelism(node, *p);
+        }
+        ids.insert(i, node);
+    }
+
+    for (i, n) in t.nodes.iter().enumerate() {
+        let Some(&to) = ids.get(&i) else { continue };
+        for (from, key) in &inputs[i] {
+            let partitioning = match key {
+                Some(fields) => {
+                    keys.insert((n.id.clone(), t.nodes[*from].id.clone()), fields.clone());
+                    Partitioning::key(key_fn(fields))
+                }
+                None => Partitioning::default_for_edge(),
+            };
+            graph.connect(ids[from], to, partitioning);
+        }
+    }
+    BuiltJob {
+        graph,
+        bad_records,
+        keys,
+    }
+}

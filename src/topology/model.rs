@@ -1,0 +1,1166 @@
+//! The typed topology: `[job]` settings and the `[[source]]`, `[[operator]]` and
+//! `[[sink]]` nodes, parsed from the spanned document with one precise error per
+//! problem, then validated as a graph.
+
+use super::closest;
+use super::doc::{self, Kind, Reader, Val};
+use super::error::{Origin, Problem, TopologyError};
+use crate::builtins::{
+    AggKind, DecodeSpec, FieldType, FileSourceSpec, FlatMapSpec, Format, GeneratorSpec, MapSpec,
+    OnError, SinkFormat, SplitMode, StdinSpec,
+};
+use crate::expr::Expr;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use weir_actors::JobConfig;
+use weir_state::key_group::MAX_MAX_PARALLELISM;
+
+/// A parsed and validated topology.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The topology file as named on the command line.
+    pub path: String,
+    pub job: JobConfig,
+    /// Nodes in file order: sources, then operators, then sinks.
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Operator,
+    Sink,
+}
+
+impl Role {
+    pub fn table(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Operator => "operator",
+            Role::Sink => "sink",
+        }
+    }
+
+    pub fn types(self) -> &'static [&'static str] {
+        match self {
+            Role::Source => &["generator", "file", "stdin"],
+            Role::Operator => &[
+                "map", "filter", "flat_map", "key_by", "count", "sum", "min", "max", "avg",
+            ],
+            Role::Sink => &["stdout", "file", "null"],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub id_at: Origin,
+    pub role: Role,
+    pub type_name: String,
+    pub inputs: Vec<(String, Origin)>,
+    pub parallelism: Option<(u32, Origin)>,
+    pub kind: NodeKind,
+    /// The node's table.
+    pub at: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    Generator(Arc<GeneratorSpec>),
+    File(Arc<FileSourceSpec>),
+    Stdin(Arc<StdinSpec>),
+    Map(Arc<MapSpec>),
+    Filter(Arc<Expr>),
+    FlatMap(Arc<FlatMapSpec>),
+    KeyBy(Vec<Arc<str>>),
+    Aggregate {
+        kind: AggKind,
+        field: Option<Arc<str>>,
+        output: Arc<str>,
+    },
+    Stdout(SinkFormat),
+    FileSink(PathBuf, SinkFormat),
+    Null,
+}
+
+/// Reads, parses and validates a topology file, applying `--set` overrides.
+pub fn load(path: &Path, sets: &[String]) -> Result<Topology, TopologyError> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let fix = if e.kind() == std::io::ErrorKind::NotFound {
+            Some("check the path of the topology file".to_string())
+        } else {
+            None
+        };
+        TopologyError::whole_file(&display, format!("cannot read the topology: {e}"), fix)
+    })?;
+    let render = |p: Problem| TopologyError::render(&p, &display, &text, sets);
+    let mut document = doc::parse(&text).map_err(render)?;
+    apply_overrides(&mut document, sets).map_err(render)?;
+    let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+    let stem = path.file_stem().map_or_else(
+        || "weir-job".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let ctx = Ctx { text: &text, base };
+    let (job, nodes) = parse_document(&document, &ctx, &stem).map_err(render)?;
+    validate(&job, &nodes, &text).map_err(render)?;
+    Ok(Topology {
+        path: display,
+        job,
+        nodes,
+    })
+}
+
+/// Parses topology text (no file, no overrides); relative paths resolve against
+/// `base`. For tests and embedding.
+pub fn parse_str(text: &str, base: &Path, name: &str) -> Result<Topology, TopologyError> {
+    let render = |p: Problem| TopologyError::render(&p, name, text, &[]);
+    let document = doc::parse(text).map_err(render)?;
+    let ctx = Ctx {
+        text,
+        base: base.to_path_buf(),
+    };
+    let (job, nodes) = parse_document(&document, &ctx, "weir-job").map_err(render)?;
+    validate(&job, &nodes, text).map_err(render)?;
+    Ok(Topology {
+        path: name.to_string(),
+        job,
+        nodes,
+    })
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    base: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn expr(
+        &self,
+        text: &str,
+        at: &Origin,
+        key: &str,
+        allow_random: bool,
+    ) -> Result<Expr, Problem> {
+        Expr::parse(text, allow_random).map_err(|e| {
+            let len = text[e.offset.min(text.len())..]
+                .chars()
+                .next()
+                .map_or(1, char::len_utf8);
+            Problem::new(
+                &at.inner(self.text, e.offset, len),
+                format!("invalid expression in `{key}`: {}", e.message),
+            )
+            .fix(
+                "fields are bare names or `quoted names`, strings 'single' or \"double\" quoted; \
+                 operators: == != < <= > >= + - * / % and or not; see the topology reference",
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Overrides
+
+fn apply_overrides(document: &mut Val, sets: &[String]) -> Result<(), Problem> {
+    for (i, arg) in sets.iter().enumerate() {
+        let at = Origin::Set(i);
+        let Some((key, value)) = arg.split_once('=') else {
+            return Err(Problem::new(&at, "expected KEY=VALUE")
+                .fix("write e.g. `--set job.parallelism=4` or `--set NODE_ID.KEY=VALUE`"));
+        };
+        let path: Vec<&str> = key.trim().split('.').collect();
+        if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
+            return Err(
+                Problem::new(&at, format!("`{key}` does not name a setting"))
+                    .fix("write `job.KEY=VALUE` or `NODE_ID.KEY=VALUE`"),
+            );
+        }
+        let value = doc::parse_override_value(value.trim(), i);
+        if path[0] == "job" {
+            doc::set_path(document, &path, value)
+                .map_err(|e| Problem::new(&at, format!("cannot set `{key}`: {e}")))?;
+            continue;
+        }
+        let (target, ids) = find_node_mut(document, path[0]);
+        match target {
+            Some(node) => doc::set_path(node, &path[1..], value)
+                .map_err(|e| Problem::new(&at, format!("cannot set `{key}`: {e}")))?,
+            None => {
+                let ids_ref: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let fix = match closest(path[0], &ids_ref) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!(
+                        "use `job` or a node id: {}",
+                        if ids.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            ids.join(", ")
+                        }
+                    ),
+                };
+                return Err(
+                    Problem::new(&at, format!("no node has the id `{}`", path[0])).fix(fix),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The node table with this id, and all ids (for suggestions).
+fn find_node_mut<'a>(document: &'a mut Val, id: &str) -> (Option<&'a mut Val>, Vec<String>) {
+    let mut ids = Vec::new();
+    let Kind::Table(entries) = &mut document.kind else {
+        return (None, ids);
+    };
+    let mut found = None;
+    for (k, v) in entries.iter_mut() {
+        if !matches!(k.name.as_str(), "source" | "operator" | "sink") {
+            continue;
+        }
+        if let Kind::Array(items) = &mut v.kind {
+            for item in items.iter_mut() {
+                if let Some(Val {
+                    kind: Kind::Str(s), ..
+                }) = item.get("id")
+                {
+                    ids.push(s.clone());
+                    if s == id && found.is_none() {
+                        found = Some(item);
+                    }
+                }
+            }
+        }
+    }
+    (found, ids)
+}
+
+// ---------------------------------------------------------------------------------
+// Parsing
+
+const TOP_KEYS: &[&str] = &["job", "source", "operator", "sink"];
+const JOB_KEYS: &[&str] = &[
+    "name",
+    "parallelism",
+    "max_parallelism",
+    "workers",
+    "batch_size",
+    "channel_capacity",
+    "linger_ms",
+];
+
+fn parse_document(
+    document: &Val,
+    ctx: &Ctx,
+    stem: &str,
+) -> Result<(JobConfig, Vec<Node>), Problem> {
+    let mut top = Reader::new("the topology", document)?;
+    let job = match top.get("job") {
+        Some(v) => parse_job(v, stem)?,
+        None => JobConfig {
+            name: stem.to_string(),
+            ..JobConfig::default()
+        },
+    };
+    let mut nodes = Vec::new();
+    for role in [Role::Source, Role::Operator, Role::Sink] {
+        let key = role.table();
+        let Some(v) = top.get(key) else { continue };
+        let items = match &v.kind {
+            Kind::Array(items) if items.iter().all(|i| matches!(i.kind, Kind::Table(_))) => items,
+            _ => {
+                return Err(Problem::new(
+                    &v.at,
+                    format!("`{key}` must be an array of tables, found {}", v.describe()),
+                )
+                .fix(format!("declare each {key} with its own [[{key}]] header")))
+            }
+        };
+        for item in items {
+            nodes.push(parse_node(item, role, ctx)?);
+        }
+    }
+    top.finish(TOP_KEYS)?;
+    if nodes.is_empty() {
+        return Err(Problem::new(&Origin::Nowhere, "the topology has no nodes")
+            .fix("add at least a [[source]] and a [[sink]] (see examples/wordcount.toml)"));
+    }
+    Ok((job, nodes))
+}
+
+fn parse_job(v: &Val, stem: &str) -> Result<JobConfig, Problem> {
+    let mut r = Reader::new("[job]", v)?;
+    let name = r
+        .string("name", "\"wordcount\"")?
+        .map_or_else(|| stem.to_string(), |(s, _)| s);
+    let mut job = JobConfig {
+        name,
+        ..JobConfig::default()
+    };
+    let max = MAX_MAX_PARALLELISM;
+    let parallelism = r.u32("parallelism", 1, max, "2")?;
+    if let Some((m, _)) = r.u32("max_parallelism", 1, max, "128")? {
+        job.max_parallelism = m;
+    }
+    match parallelism {
+        Some((p, at)) => {
+            if p > job.max_parallelism {
+                return Err(too_parallel("job.parallelism", p, &at, job.max_parallelism));
+            }
+            job.parallelism = p;
+        }
+        None => job.parallelism = job.parallelism.min(job.max_parallelism),
+    }
+    if let Some((w, _)) = r.int("workers", 0, 1024, "2")? {
+        job.workers = w as usize;
+    }
+    if let Some((b, _)) = r.int("batch_size", 1, 1 << 20, "1024")? {
+        job.batch_size = b as usize;
+    }
+    if let Some((c, _)) = r.int("channel_capacity", 1, 1 << 16, "4")? {
+        job.channel_capacity = c as usize;
+    }
+    if let Some((l, _)) = r.int("linger_ms", 0, 60_000, "1")? {
+        job.linger = Duration::from_millis(l as u64);
+    }
+    r.finish(JOB_KEYS)?;
+    Ok(job)
+}
+
+fn too_parallel(what: &str, p: u32, at: &Origin, max: u32) -> Problem {
+    Problem::new(
+        at,
+        format!("{what} = {p} is above job.max_parallelism = {max}"),
+    )
+    .fix(format!(
+        "lower it to at most {max}, or raise max_parallelism in [job] (the number of key groups, up to {MAX_MAX_PARALLELISM})"
+    ))
+}
+
+const COMMON_KEYS: &[&str] = &["id", "type", "input", "inputs", "parallelism"];
+
+fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
+    let table = role.table();
+    let mut r = Reader::new(format!("a [[{table}]]"), item)?;
+    let (id, id_at) = r.required_string("id", "\"my_node\"")?;
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Problem::new(&id_at, format!("invalid id \"{id}\""))
+            .fix("use letters, digits, `_` and `-` only (ids appear in --set NODE_ID.KEY=VALUE)"));
+    }
+    r.what = format!("{table} `{id}`");
+    let (type_name, type_at) = r.required_string("type", &format!("\"{}\"", role.types()[0]))?;
+    if !role.types().contains(&type_name.as_str()) {
+        let other = [Role::Source, Role::Operator, Role::Sink]
+            .into_iter()
+            .find(|o| *o != role && o.types().contains(&type_name.as_str()));
+        let fix = match (other, closest(&type_name, role.types())) {
+            (Some(o), _) => format!(
+                "`{type_name}` is {} type: declare it under [[{}]]",
+                if o == Role::Operator {
+                    "an operator"
+                } else if o == Role::Source {
+                    "a source"
+                } else {
+                    "a sink"
+                },
+                o.table()
+            ),
+            (None, Some(s)) => format!("did you mean `{s}`?"),
+            (None, None) => format!("the {table} types are: {}", role.types().join(", ")),
+        };
+        return Err(Problem::new(&type_at, format!("unknown {table} type `{type_name}`")).fix(fix));
+    }
+
+    // Inputs.
+    let mut inputs = Vec::new();
+    let input = r.string("input", "\"upstream_id\"")?;
+    let many = r.strings("inputs", "[\"a\", \"b\"]")?;
+    if role == Role::Source {
+        if r.has("input") || r.has("inputs") {
+            let key = if r.has("input") { "input" } else { "inputs" };
+            return Err(Problem::new(
+                &r.key_at(key),
+                format!("source `{id}` cannot have an `{key}`"),
+            )
+            .fix("sources read no stream: remove it, or declare this node under [[operator]]"));
+        }
+    } else {
+        match (input, many) {
+            (Some(_), Some(_)) => {
+                return Err(Problem::new(
+                    &r.key_at("inputs"),
+                    format!("{table} `{id}` has both `input` and `inputs`"),
+                )
+                .fix("keep one: `input = \"a\"` or `inputs = [\"a\", \"b\"]`"))
+            }
+            (Some(one), None) => inputs.push(one),
+            (None, Some(list)) if !list.is_empty() => inputs = list,
+            (None, Some(_)) => {
+                return Err(Problem::new(
+                    &r.key_at("inputs"),
+                    format!("`inputs` of {table} `{id}` is empty"),
+                )
+                .fix("name at least one upstream node"))
+            }
+            (None, None) => {
+                return Err(
+                    Problem::new(&id_at, format!("{table} `{id}` has no input")).fix(format!(
+                    "add `input = \"ID\"` naming the node it reads from (after `id = \"{id}\"`)"
+                )),
+                )
+            }
+        }
+    }
+
+    let parallelism = if type_name == "key_by" {
+        if r.has("parallelism") {
+            return Err(Problem::new(
+                &r.key_at("parallelism"),
+                "key_by has no parallelism of its own",
+            )
+            .fix(
+                "key_by only partitions the stream: set `parallelism` on the node that reads it",
+            ));
+        }
+        None
+    } else {
+        r.u32("parallelism", 1, MAX_MAX_PARALLELISM, "2")?
+    };
+
+    let (kind, keys): (NodeKind, &[&str]) = match (role, type_name.as_str()) {
+        (Role::Source, "generator") => (
+            parse_generator(&mut r, ctx)?,
+            &["count", "rate", "seed", "fields"],
+        ),
+        (Role::Source, "file") => (parse_file_source(&mut r, ctx)?, FILE_KEYS),
+        (Role::Source, "stdin") => {
+            if let Some((p, at)) = &parallelism {
+                if *p != 1 {
+                    return Err(Problem::new(at, "a stdin source has parallelism 1")
+                        .fix("remove `parallelism` (stdin is read by one subtask; later nodes can be parallel)"));
+                }
+            }
+            let (decode, on_error) = parse_decode(&mut r, ctx, None)?;
+            (
+                NodeKind::Stdin(Arc::new(StdinSpec { decode, on_error })),
+                STDIN_KEYS,
+            )
+        }
+        (Role::Operator, "map") => (
+            parse_map(&mut r, ctx)?,
+            &["select", "drop", "set", "rename"],
+        ),
+        (Role::Operator, "filter") => {
+            let (w, at) = r.required_string("where", "\"n > 3 and word != 'the'\"")?;
+            (
+                NodeKind::Filter(Arc::new(ctx.expr(&w, &at, "where", false)?)),
+                &["where"],
+            )
+        }
+        (Role::Operator, "flat_map") => (
+            parse_flat_map(&mut r)?,
+            &["field", "output", "mode", "separator", "lowercase", "keep"],
+        ),
+        (Role::Operator, "key_by") => {
+            let key = r
+                .strings("key", "[\"word\"]")?
+                .ok_or_else(|| r.missing("key", "[\"word\"]"))?;
+            if key.is_empty() {
+                return Err(
+                    Problem::new(&r.key_at("key"), "`key` is empty").fix("name at least one field")
+                );
+            }
+            (
+                NodeKind::KeyBy(key.into_iter().map(|(k, _)| Arc::from(k)).collect()),
+                &["key"],
+            )
+        }
+        (Role::Operator, agg) => {
+            let kind = match agg {
+                "count" => AggKind::Count,
+                "sum" => AggKind::Sum,
+                "min" => AggKind::Min,
+                "max" => AggKind::Max,
+                _ => AggKind::Avg,
+            };
+            let field = if kind == AggKind::Count {
+                None
+            } else {
+                Some(Arc::from(r.required_string("field", "\"value\"")?.0))
+            };
+            let output = r
+                .string("output", &format!("\"{}\"", kind.name()))?
+                .map_or_else(|| Arc::from(kind.name()), |(s, _)| Arc::from(s));
+            let keys: &[&str] = if kind == AggKind::Count {
+                &["output"]
+            } else {
+                &["field", "output"]
+            };
+            (
+                NodeKind::Aggregate {
+                    kind,
+                    field,
+                    output,
+                },
+                keys,
+            )
+        }
+        (Role::Sink, "stdout") => (NodeKind::Stdout(sink_format(&mut r, None)?), &["format"]),
+        (Role::Sink, "file") => {
+            let (p, _) = r.required_string("path", "\"out/result.jsonl\"")?;
+            let path = ctx.resolve(&p);
+            let format = sink_format(&mut r, Some(&path))?;
+            (NodeKind::FileSink(path, format), &["path", "format"])
+        }
+        _ => (NodeKind::Null, &[]),
+    };
+    let known: Vec<&str> = COMMON_KEYS.iter().chain(keys).copied().collect();
+    r.finish(&known)?;
+    Ok(Node {
+        id,
+        id_at,
+        role,
+        type_name,
+        inputs,
+        parallelism,
+        kind,
+        at: item.at.clone(),
+    })
+}
+
+const FILE_KEYS: &[&str] = &[
+    "path",
+    "format",
+    "field",
+    "header",
+    "columns",
+    "delimiter",
+    "schema",
+    "on_error",
+    "dead_letter_path",
+];
+const STDIN_KEYS: &[&str] = &[
+    "format",
+    "field",
+    "header",
+    "columns",
+    "delimiter",
+    "schema",
+    "on_error",
+    "dead_letter_path",
+];
+
+fn parse_generator(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
+    let count = r
+        .int("count", 0, i64::MAX, "1000000")?
+        .map(|(c, _)| c as u64);
+    let rate = match r.float("rate", "10000")? {
+        Some((x, at)) if !(x > 0.0 && x.is_finite()) => {
+            return Err(Problem::new(
+                &at,
+                format!("`rate` must be a positive number of records per second, found {x}"),
+            )
+            .fix("write e.g. `rate = 10000`, or remove `rate` to generate as fast as possible"))
+        }
+        other => other.map(|(x, _)| x),
+    };
+    let seed = r
+        .int("seed", 0, i64::MAX, "42")?
+        .map_or(0, |(s, _)| s as u64);
+    let fields = match r.string_table("fields", "{ key = \"i % 100\", value = \"1\" }")? {
+        Some(entries) => {
+            if entries.is_empty() {
+                return Err(Problem::new(&r.key_at("fields"), "`fields` is empty")
+                    .fix("add at least one field, e.g. `fields = { i = \"i\" }`"));
+            }
+            entries
+                .into_iter()
+                .map(|(k, text, at)| {
+                    Ok((
+                        Arc::from(k.name.as_str()),
+                        ctx.expr(&text, &at, &format!("fields.{}", k.name), true)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, Problem>>()?
+        }
+        None => vec![(Arc::from("i"), Expr::parse("i", true).expect("valid"))],
+    };
+    Ok(NodeKind::Generator(Arc::new(GeneratorSpec {
+        count,
+        rate,
+        seed,
+        fields,
+    })))
+}
+
+fn parse_file_source(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
+    let (p, at) = r.required_string("path", "\"data/input.txt\"")?;
+    let path = ctx.resolve(&p);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(Problem::new(&at, format!("`{p}` is not a file"))
+                .fix("point `path` at a file (one file per source)"))
+        }
+        Err(e) => {
+            return Err(Problem::new(
+                &at,
+                format!(
+                    "cannot read input file `{p}` (resolved to {}): {e}",
+                    path.display()
+                ),
+            )
+            .fix(
+                "check the path; relative paths are resolved against the topology file's directory",
+            ))
+        }
+    }
+    let (decode, on_error) = parse_decode(r, ctx, Some(&path))?;
+    Ok(NodeKind::File(Arc::new(FileSourceSpec {
+        display: p,
+        path,
+        decode,
+        on_error,
+    })))
+}
+
+fn parse_decode(
+    r: &mut Reader,
+    ctx: &Ctx,
+    path: Option<&Path>,
+) -> Result<(Arc<DecodeSpec>, OnError), Problem> {
+    let format = match r.string("format", "\"csv\"")? {
+        Some((f, at)) => Format::parse(&f).ok_or_else(|| {
+            Problem::new(&at, format!("unknown format `{f}`"))
+                .fix(format!("use one of: {}", Format::NAMES.join(", ")))
+        })?,
+        None => path.map_or(Format::Text, Format::from_path),
+    };
+    let mut spec = DecodeSpec {
+        format,
+        ..DecodeSpec::text()
+    };
+    let only = |r: &Reader, key: &str, wanted: Format, name: &str| -> Result<(), Problem> {
+        if r.has(key) && format != wanted {
+            return Err(Problem::new(
+                &r.key_at(key),
+                format!("`{key}` applies to {name} input only"),
+            )
+            .fix(format!("remove `{key}`, or set `format = \"{name}\"`")));
+        }
+        Ok(())
+    };
+    only(r, "field", Format::Text, "text")?;
+    only(r, "header", Format::Csv, "csv")?;
+    only(r, "columns", Format::Csv, "csv")?;
+    only(r, "delimiter", Format::Csv, "csv")?;
+    if let Some((f, _)) = r.string("field", "\"line\"")? {
+        spec.field = Arc::from(f);
+    }
+    if let Some(h) = r.bool("header")? {
+        spec.header = h;
+    } else {
+        spec.header = format == Format::Csv;
+    }
+    if let Some(cols) = r.strings("columns", "[\"name\", \"age\"]")? {
+        spec.columns = Some(cols.into_iter().map(|(c, _)| Arc::from(c)).collect());
+    }
+    if let Some((d, at)) = r.string("delimiter", "\";\"")? {
+        let mut chars = d.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) if c != '"' && c != '\n' => spec.delimiter = c,
+            _ => {
+                return Err(Problem::new(
+                    &at,
+                    format!("`delimiter` must be one character, found \"{d}\""),
+                )
+                .fix("write e.g. `delimiter = \";\"` or `delimiter = \"\\t\"`"))
+            }
+        }
+    }
+    if let Some(entries) = r.string_table("schema", "{ name = \"string\", age = \"int\" }")? {
+        if format == Format::Text {
+            return Err(Problem::new(
+                &r.key_at("schema"),
+                "`schema` applies to csv and json input",
+            )
+            .fix("remove `schema`, or set `format = \"csv\"` or `\"json\"`"));
+        }
+        let mut schema = Vec::new();
+        for (k, t, at) in entries {
+            let ty = FieldType::parse(&t).ok_or_else(|| {
+                Problem::new(
+                    &at,
+                    format!("unknown type `{t}` for schema field `{}`", k.name),
+                )
+                .fix(format!("use one of: {}", FieldType::NAMES.join(", ")))
+            })?;
+            schema.push((Arc::from(k.name.as_str()), ty));
+        }
+        spec.schema = Some(schema);
+    }
+    let on_error = match r.string("on_error", "\"skip\"")? {
+        None => OnError::Fail,
+        Some((p, at)) => match p.as_str() {
+            "fail" => OnError::Fail,
+            "skip" => OnError::Skip,
+            "dead_letter" => {
+                let (dl, _) = r.string("dead_letter_path", "\"dead/letters.jsonl\"")?.ok_or_else(|| {
+                    Problem::new(&at, "on_error = \"dead_letter\" needs a `dead_letter_path`")
+                        .fix("add `dead_letter_path = \"dead_letters.jsonl\"` (bad records are written there with the reason)")
+                })?;
+                OnError::DeadLetter(ctx.resolve(&dl))
+            }
+            _ => {
+                let fix = match closest(&p, OnError::NAMES) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("use one of: {}", OnError::NAMES.join(", ")),
+                };
+                return Err(Problem::new(&at, format!("unknown on_error policy `{p}`")).fix(fix));
+            }
+        },
+    };
+    if r.has("dead_letter_path") && !matches!(on_error, OnError::DeadLetter(_)) {
+        return Err(Problem::new(
+            &r.key_at("dead_letter_path"),
+            "`dead_letter_path` is set but on_error is not \"dead_letter\"",
+        )
+        .fix("add `on_error = \"dead_letter\"`, or remove `dead_letter_path`"));
+    }
+    Ok((Arc::new(spec), on_error))
+}
+
+fn parse_map(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
+    let names = |v: Option<Vec<(String, Origin)>>| -> Vec<Arc<str>> {
+        v.unwrap_or_default()
+            .into_iter()
+            .map(|(s, _)| Arc::from(s))
+            .collect()
+    };
+    let select = r
+        .strings("select", "[\"word\", \"count\"]")?
+        .map(|v| names(Some(v)));
+    let drop = names(r.strings("drop", "[\"tmp\"]")?);
+    if select.is_some() && !drop.is_empty() {
+        return Err(
+            Problem::new(&r.key_at("drop"), "`select` and `drop` together")
+                .fix("use `select` to keep the listed fields, or `drop` to remove them, not both"),
+        );
+    }
+    let set = r
+        .string_table("set", "{ total = \"price * quantity\" }")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, text, at)| {
+            Ok((
+                Arc::from(k.name.as_str()),
+                ctx.expr(&text, &at, &format!("set.{}", k.name), false)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    let rename = r
+        .string_table("rename", "{ old_name = \"new_name\" }")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, to, _)| (Arc::from(k.name.as_str()), Arc::from(to)))
+        .collect::<Vec<_>>();
+    if select.is_none() && drop.is_empty() && set.is_empty() && rename.is_empty() {
+        return Err(Problem::new(r.at, format!("{} changes nothing", r.what))
+            .fix("add `select`, `drop`, `set` or `rename` (or remove the node)"));
+    }
+    Ok(NodeKind::Map(Arc::new(MapSpec {
+        select,
+        drop,
+        set,
+        rename,
+    })))
+}
+
+fn parse_flat_map(r: &mut Reader) -> Result<NodeKind, Problem> {
+    let (field, _) = r.required_string("field", "\"line\"")?;
+    let output = r
+        .string("output", "\"word\"")?
+        .map_or_else(|| "word".to_string(), |(s, _)| s);
+    let separator = r.string("separator", "\",\"")?;
+    let mode = match r.string("mode", "\"words\"")? {
+        None if separator.is_some() => "separator".to_string(),
+        None => "whitespace".to_string(),
+        Some((m, _)) => m,
+    };
+    let mode_at = r.key_at("mode");
+    let mode = match (mode.as_str(), separator) {
+        ("whitespace", None) => SplitMode::Whitespace,
+        ("words", None) => SplitMode::Words,
+        ("separator", Some((s, at))) => {
+            if s.is_empty() {
+                return Err(
+                    Problem::new(&at, "`separator` is empty").fix("write e.g. `separator = \",\"`")
+                );
+            }
+            SplitMode::Separator(s)
+        }
+        ("separator", None) => {
+            return Err(
+                Problem::new(&mode_at, "mode = \"separator\" needs a `separator`")
+                    .fix("add e.g. `separator = \",\"`"),
+            )
+        }
+        ("whitespace" | "words", Some((_, at))) => {
+            return Err(Problem::new(
+                &at,
+                format!("`separator` does not apply to mode = \"{mode}\""),
+            )
+            .fix("remove `separator`, or set `mode = \"separator\"`"))
+        }
+        (other, _) => {
+            return Err(
+                Problem::new(&mode_at, format!("unknown split mode `{other}`"))
+                    .fix("use one of: whitespace, words, separator"),
+            )
+        }
+    };
+    let lowercase = r.bool("lowercase")?.unwrap_or(false);
+    let keep = r.bool("keep")?.unwrap_or(false);
+    Ok(NodeKind::FlatMap(Arc::new(FlatMapSpec {
+        field: Arc::from(field),
+        output: Arc::from(output),
+        mode,
+        lowercase,
+        keep,
+    })))
+}
+
+fn sink_format(r: &mut Reader, path: Option<&Path>) -> Result<SinkFormat, Problem> {
+    match r.string("format", "\"json\"")? {
+        Some((f, at)) => SinkFormat::parse(&f).ok_or_else(|| {
+            Problem::new(&at, format!("unknown sink format `{f}`"))
+                .fix(format!("use one of: {}", SinkFormat::NAMES.join(", ")))
+        }),
+        None => Ok(
+            match path.and_then(|p| p.extension()).and_then(|e| e.to_str()) {
+                Some("csv") => SinkFormat::Csv,
+                _ => SinkFormat::Json,
+            },
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Graph validation
+
+fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> {
+    let mut by_id: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if let Some(&first) = by_id.get(n.id.as_str()) {
+            let first_at = match &nodes[first].id_at {
+                Origin::File(r) => format!(
+                    " (first used on line {})",
+                    super::error::line_col_of(text, r.start).0
+                ),
+                _ => String::new(),
+            };
+            return Err(
+                Problem::new(&n.id_at, format!("duplicate id `{}`{first_at}", n.id)).fix(format!(
+                    "every node needs its own id: rename this {} (e.g. `{}_2`)",
+                    n.role.table(),
+                    n.id
+                )),
+            );
+        }
+        by_id.insert(&n.id, i);
+    }
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    // Inputs exist and are not sinks.
+    for n in nodes {
+        for (input, at) in &n.inputs {
+            let Some(&j) = by_id.get(input.as_str()) else {
+                let fix = match closest(input, &ids) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("name one of the nodes: {}", ids.join(", ")),
+                };
+                return Err(Problem::new(
+                    at,
+                    format!(
+                        "{} `{}` reads from `{input}`, which is not a node",
+                        n.role.table(),
+                        n.id
+                    ),
+                )
+                .fix(fix));
+            };
+            if nodes[j].role == Role::Sink {
+                return Err(Problem::new(
+                    at,
+                    format!(
+                        "`{input}` is a sink: it has no output for `{}` to read",
+                        n.id
+                    ),
+                )
+                .fix("read from the node that feeds the sink instead"));
+            }
+        }
+    }
+    // Cycles: depth-first search over inputs.
+    let mut state = vec![0u8; nodes.len()]; // 0 new, 1 on stack, 2 done
+    fn visit(
+        i: usize,
+        nodes: &[Node],
+        by_id: &HashMap<&str, usize>,
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Result<(), Problem> {
+        state[i] = 1;
+        stack.push(i);
+        for (input, at) in &nodes[i].inputs {
+            let j = by_id[input.as_str()];
+            if state[j] == 1 {
+                let start = stack.iter().position(|&s| s == j).unwrap_or(0);
+                let mut cycle: Vec<&str> = stack[start..]
+                    .iter()
+                    .map(|&s| nodes[s].id.as_str())
+                    .collect();
+                cycle.push(&nodes[j].id);
+                cycle.reverse();
+                return Err(Problem::new(
+                    at,
+                    format!("the graph has a cycle: {}", cycle.join(" -> ")),
+                )
+                .fix(format!(
+                    "topologies are acyclic: make `{}` read from a node that does not depend on it",
+                    nodes[i].id
+                )));
+            }
+            if state[j] == 0 {
+                visit(j, nodes, by_id, state, stack)?;
+            }
+        }
+        stack.pop();
+        state[i] = 2;
+        Ok(())
+    }
+    for i in 0..nodes.len() {
+        if state[i] == 0 {
+            visit(i, nodes, &by_id, &mut state, &mut Vec::new())?;
+        }
+    }
+    // Keyed aggregations read a key_by; every output is read.
+    for n in nodes {
+        if let NodeKind::Aggregate { kind, .. } = &n.kind {
+            let keyed = n.inputs.len() == 1
+                && matches!(
+                    nodes[by_id[n.inputs[0].0.as_str()]].kind,
+                    NodeKind::KeyBy(_)
+                );
+            if !keyed {
+                let (input, at) = &n.inputs[0];
+                return Err(Problem::new(at, format!("{} `{}` needs a keyed input, but `{input}` is not a key_by", kind.name(), n.id)).fix(format!(
+                    "add [[operator]] id = \"by_key\", type = \"key_by\", key = [\"FIELD\"], input = \"{input}\" and set `input = \"by_key\"` here"
+                )));
+            }
+        }
+        if let Some((p, at)) = &n.parallelism {
+            if *p > job.max_parallelism {
+                return Err(too_parallel(
+                    &format!("{}.parallelism", n.id),
+                    *p,
+                    at,
+                    job.max_parallelism,
+                ));
+            }
+        }
+    }
+    for n in nodes {
+        if n.role != Role::Sink
+            && !nodes
+                .iter()
+                .any(|m| m.inputs.iter().any(|(i, _)| *i == n.id))
+        {
+            return Err(Problem::new(&n.id_at, format!("the output of {} `{}` goes nowhere", n.role.table(), n.id)).fix(format!(
+                "add a sink that reads it, e.g. [[sink]] id = \"{}_out\", type = \"null\", input = \"{}\" (or remove the node)",
+                n.id, n.id
+            )));
+        }
+    }
+    let stdins: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| matches!(n.kind, NodeKind::Stdin(_)))
+        .collect();
+    if stdins.len() > 1 {
+        return Err(
+            Problem::new(&stdins[1].id_at, "a topology can read stdin only once").fix(format!(
+                "read stdin with one source (`{}`) and fan it out to several operators",
+                stdins[0].id
+            )),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Topology, TopologyError> {
+        parse_str(text, Path::new("."), "t.toml")
+    }
+
+    fn err(text: &str) -> TopologyError {
+        parse(text).unwrap_err()
+    }
+
+    const OK: &str = r#"
+[job]
+name = "wc"
+parallelism = 2
+
+[[source]]
+id = "gen"
+type = "generator"
+count = 10
+fields = { word = "concat('w', i % 3)" }
+
+[[operator]]
+id = "by_word"
+type = "key_by"
+key = "word"
+input = "gen"
+
+[[operator]]
+id = "count"
+type = "count"
+input = "by_word"
+
+[[sink]]
+id = "out"
+type = "null"
+input = "count"
+"#;
+
+    #[test]
+    fn parses_a_topology() {
+        let t = parse(OK).unwrap();
+        assert_eq!(t.job.name, "wc");
+        assert_eq!(t.job.parallelism, 2);
+        assert_eq!(
+            t.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+            ["gen", "by_word", "count", "out"]
+        );
+        assert!(matches!(&t.nodes[1].kind, NodeKind::KeyBy(k) if &*k[0] == "word"));
+    }
+
+    #[test]
+    fn unknown_key_points_at_it_and_suggests() {
+        let e = err(&OK.replace("parallelism = 2", "paralelism = 2"));
+        assert_eq!(e.line_col, Some((4, 1)));
+        assert!(e.to_string().contains("unknown key `paralelism` in [job]"));
+        assert!(e.to_string().contains("fix: did you mean `parallelism`?"));
+        let e = err(&OK.replace("key = \"word\"", "keys = \"word\""));
+        assert!(
+            e.to_string().contains("operator `by_word` needs `key`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn expression_errors_point_into_the_string() {
+        let e = err(&OK.replace("concat('w', i % 3)", "concat('w', i %% 3)"));
+        let (line, col) = e.line_col.unwrap();
+        assert_eq!(line, 10);
+        // fields = { word = "concat('w', i %% 3)" }: the second % is at column 35.
+        assert_eq!(col, 35, "{e}");
+        assert!(
+            e.message
+                .starts_with("invalid expression in `fields.word`: expected a value, found `%`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_ranges() {
+        let e = err(&OK.replace("parallelism = 2", "parallelism = \"2\""));
+        assert_eq!(
+            e.message,
+            "`parallelism` in [job] must be an integer, found a string"
+        );
+        let e = err(&OK.replace("parallelism = 2", "parallelism = 300"));
+        assert_eq!(
+            e.message,
+            "job.parallelism = 300 is above job.max_parallelism = 128"
+        );
+        let e = err(&OK.replace("count = 10", "count = 10\nparallelism = 200"));
+        assert_eq!(
+            e.message,
+            "gen.parallelism = 200 is above job.max_parallelism = 128"
+        );
+    }
+
+    #[test]
+    fn graph_errors() {
+        let e = err(&OK.replace("input = \"by_word\"", "input = \"by_wrd\""));
+        assert_eq!(
+            e.message,
+            "operator `count` reads from `by_wrd`, which is not a node"
+        );
+        assert!(e.to_string().contains("did you mean `by_word`?"));
+        let e = err(&OK.replace("id = \"count\"", "id = \"by_word\""));
+        assert_eq!(e.message, "duplicate id `by_word` (first used on line 13)");
+        let e = err(&OK.replace("input = \"gen\"", "inputs = [\"gen\", \"count\"]"));
+        assert_eq!(
+            e.message,
+            "the graph has a cycle: by_word -> count -> by_word"
+        );
+        let e = err(&OK.replace("input = \"count\"", "input = \"by_word\""));
+        assert_eq!(e.message, "the output of operator `count` goes nowhere");
+        let e = err(&OK.replace("input = \"by_word\"", "input = \"gen\""));
+        assert!(
+            e.message.starts_with("count `count` needs a keyed input"),
+            "{e}"
+        );
+        let e = err(&OK.replace("type = \"null\"", "type = \"map\""));
+        assert_eq!(e.message, "unknown sink type `map`");
+        assert!(
+            e.to_string()
+                .contains("fix: `map` is an operator type: declare it under [[operator]]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overrides_apply_and_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, OK).unwrap();
+        let t = load(&path, &["job.parallelism=3".into(), "gen.count=5".into()]).unwrap();
+        assert_eq!(t.job.parallelism, 3);
+        assert!(matches!(&t.nodes[0].kind, NodeKind::Generator(g) if g.count == Some(5)));
+        let e = load(&path, &["gne.count=5".into()]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("error: --set gne.count=5: no node has the id `gne`"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("did you mean `gen`?"));
+        let e = load(&path, &["job.parallelism=0".into()]).unwrap_err();
+        assert!(e.to_string().starts_with("error: --set job.parallelism=0: `parallelism` in [job] must be between 1 and 32768, found 0"), "{e}");
+        let e = load(&path, &["noequals".into()]).unwrap_err();
+        assert!(e.to_string().contains("expected KEY=VALUE"));
+    }
+}
