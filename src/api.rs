@@ -284,12 +284,16 @@ impl<T: Data, K: Key, F: Fn(&T, T) -> T + Send + Sync + 'static> KeyedOperator f
     type Out = T;
 
     fn process(&mut self, key: &K, record: T, ctx: &mut Context<'_, T>) -> anyhow::Result<()> {
-        let updated = match self.current.get(key) {
-            Some(acc) => (self.f)(acc, record),
-            None => record,
-        };
-        ctx.emit(updated.clone());
-        self.current.insert(key.clone(), updated);
+        match self.current.get_mut(key) {
+            Some(acc) => {
+                *acc = (self.f)(acc, record);
+                ctx.emit(acc.clone());
+            }
+            None => {
+                ctx.emit(record.clone());
+                self.current.insert(key.clone(), record);
+            }
+        }
         Ok(())
     }
 }

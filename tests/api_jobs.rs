@@ -316,3 +316,28 @@ fn partly_filled_batches_leave_after_the_linger() {
         "first record took {first:?}"
     );
 }
+
+#[test]
+fn jobs_complete_when_upstream_subtasks_start_before_downstream_ones() {
+    // Sources start while their receivers may still wait for their own start message;
+    // data that arrives that early must still be processed (once a lost wakeup).
+    for attempt in 0..40 {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let job = StreamJob::new(JobConfig {
+                parallelism: 4,
+                workers: 2,
+                batch_size: 64,
+                ..JobConfig::default()
+            });
+            let input = Arc::new((0..5_000u64).collect::<Vec<_>>());
+            job.source("numbers", move |info| Items::new(input.clone(), info))
+                .key_by(|n| *n % 97)
+                .reduce("sum", |a, b| a + b)
+                .sink("drop", |_| Collect(Arc::default()));
+            let _ = done_tx.send(job.run().map(|r| r.operator("drop").unwrap().records_in));
+        });
+        let outcome = done_rx.recv_timeout(Duration::from_secs(20));
+        assert_eq!(outcome, Ok(Ok(5_000)), "attempt {attempt} hung or failed");
+    }
+}

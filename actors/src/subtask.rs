@@ -79,12 +79,6 @@ impl SubtaskActor {
         }
     }
 
-    fn head(&mut self) -> &mut Head {
-        self.head
-            .as_mut()
-            .expect("a subtask whose chain failed to build never runs")
-    }
-
     fn schedule_pump(&mut self, ctx: &mut Context<Self>) {
         if !self.pump_scheduled {
             self.pump_scheduled = true;
@@ -263,9 +257,8 @@ impl Handler<Start> for SubtaskActor {
             return;
         }
         self.phase = Phase::Running;
-        if matches!(self.head(), Head::Source(_)) {
-            self.schedule_pump(ctx);
-        }
+        // Upstream subtasks may have started first: input can already be queued.
+        self.schedule_pump(ctx);
     }
 }
 

@@ -1,0 +1,105 @@
+//! The keyed running-sum workload (design.md "Calibration"; Flink's peer benchmark):
+//! a generator of N records, key = i % K, key_by → keyed sum emitting (key, sum) per
+//! record → null sink, parallelism 2. Prints records/s per run, the median, and the
+//! process's peak RSS. Not a timed test: figures for notes and comparisons.
+//!
+//!     cargo bench --bench running_sum                       # 10M records, 5 runs
+//!     WEIR_BENCH_RECORDS=100000000 WEIR_BENCH_RUNS=1 cargo bench --bench running_sum
+
+use std::time::Instant;
+use weir::{Context, JobConfig, Sink, Source, SourcePoll, StreamJob, SubtaskInfo};
+
+/// Subtask j of p emits i = j, j+p, j+2p, … below `end`.
+struct Sequence {
+    next: u64,
+    step: u64,
+    end: u64,
+}
+
+impl Sequence {
+    fn new(info: &SubtaskInfo, end: u64) -> Self {
+        Sequence {
+            next: info.index as u64,
+            step: info.parallelism as u64,
+            end,
+        }
+    }
+}
+
+impl Source for Sequence {
+    type Out = u64;
+    fn poll(&mut self, ctx: &mut Context<'_, u64>, max: usize) -> anyhow::Result<SourcePoll> {
+        for _ in 0..max {
+            if self.next >= self.end {
+                return Ok(SourcePoll::Finished);
+            }
+            ctx.emit(self.next);
+            self.next += self.step;
+        }
+        Ok(SourcePoll::Ready)
+    }
+}
+
+struct Discard;
+impl Sink for Discard {
+    type In = (u64, u64);
+    fn write(&mut self, record: (u64, u64)) -> anyhow::Result<()> {
+        std::hint::black_box(record);
+        Ok(())
+    }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn main() {
+    let records = env("WEIR_BENCH_RECORDS", 10_000_000);
+    let keys = env("WEIR_BENCH_KEYS", 100_000);
+    let runs = env("WEIR_BENCH_RUNS", 5);
+    let mut rates = Vec::new();
+    for run in 1..=runs {
+        let job = StreamJob::new(JobConfig {
+            parallelism: 2,
+            workers: 2,
+            ..JobConfig::default()
+        });
+        job.source("generator", move |info| Sequence::new(info, records))
+            .map("pair", move |i| (i % keys, i))
+            .key_by(|(key, _)| *key)
+            .reduce("sum", |(key, sum), (_, i)| (*key, sum + i))
+            .sink("null", |_| Discard);
+        let started = Instant::now();
+        let report = job.run().expect("benchmark job runs");
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(report.operator("null").map(|o| o.records_in), Some(records));
+        let rate = records as f64 / seconds;
+        println!(
+            "run {run}: {records} records in {seconds:.3} s = {:.2} M records/s",
+            rate / 1e6
+        );
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "running_sum records={records} keys={keys} p=2 runs={runs} median={:.2} M records/s min={:.2} max={:.2} peak_rss={:.1} MB",
+        rates[rates.len() / 2] / 1e6,
+        rates[0] / 1e6,
+        rates[rates.len() - 1] / 1e6,
+        peak_rss_mb()
+    );
+}
