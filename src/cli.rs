@@ -77,8 +77,18 @@ pub fn main() -> ExitCode {
 fn init_logging(level: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
-        Some(l) => EnvFilter::try_new(l)
-            .map_err(|e| format!("--log-level {l}: {e} (use error, warn, info, debug or trace)"))?,
+        Some(l) => {
+            const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+            let directive = l.contains('=') || l.contains(',');
+            if !directive && !LEVELS.contains(&l.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "--log-level {l}: not a log level (use off, error, warn, info, debug, trace, or a directive like weir=debug)"
+                ));
+            }
+            EnvFilter::try_new(l).map_err(|e| {
+                format!("--log-level {l}: {e} (use error, warn, info, debug or trace)")
+            })?
+        }
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let _ = tracing_subscriber::fmt()

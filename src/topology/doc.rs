@@ -272,7 +272,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A required key is absent: if an unread key looks like a misspelling of it,
+    /// report that key instead.
     pub fn missing(&self, key: &str, example: &str) -> Problem {
+        for ((k, _), used) in self.entries.iter().zip(&self.used) {
+            if !used && super::closest(&k.name, &[key]).is_some() {
+                return Problem::new(&k.at, format!("unknown key `{}` in {}", k.name, self.what))
+                    .fix(format!("did you mean `{key}`?"));
+            }
+        }
         Problem::new(self.at, format!("{} needs `{key}`", self.what))
             .fix(format!("add `{key} = {example}`"))
     }

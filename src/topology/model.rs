@@ -1073,6 +1073,9 @@ input = "count"
         assert!(e.to_string().contains("unknown key `paralelism` in [job]"));
         assert!(e.to_string().contains("fix: did you mean `parallelism`?"));
         let e = err(&OK.replace("key = \"word\"", "keys = \"word\""));
+        assert_eq!(e.message, "unknown key `keys` in operator `by_word`");
+        assert!(e.to_string().contains("fix: did you mean `key`?"), "{e}");
+        let e = err(&OK.replace("key = \"word\"", ""));
         assert!(
             e.to_string().contains("operator `by_word` needs `key`"),
             "{e}"
