@@ -10,8 +10,8 @@ pub use weir_actors::{
     Context, Data, JobConfig, JobError, JobMetrics, JobReport, Key, KeyedOperator, NodeDescription,
     Operator, OperatorReport, Sink, Source, SourcePoll, SubtaskInfo,
 };
-pub mod record;
 pub mod builtins;
-pub mod expr;
-pub mod topology;
 pub mod cli;
+pub mod expr;
+pub mod record;
+pub mod topology;

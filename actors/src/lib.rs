@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the protocols and invariants.
 
+pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod flow;
