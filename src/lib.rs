@@ -15,3 +15,8 @@ pub mod cli;
 pub mod expr;
 pub mod record;
 pub mod topology;
+
+/// The README's Rust examples compile and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
