@@ -265,6 +265,12 @@ pub struct AggregateOperator {
 
 impl AggregateOperator {
     pub fn new(spec: Arc<AggSpec>) -> AggregateOperator {
+        // Own copies of the names (see `GeneratorSource::new`).
+        let spec = Arc::new(AggSpec {
+            key: spec.key.iter().map(|k| Arc::from(&**k)).collect(),
+            output: Arc::from(&*spec.output),
+            ..(*spec).clone()
+        });
         AggregateOperator {
             spec,
             state: FxHashMap::default(),

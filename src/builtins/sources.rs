@@ -50,6 +50,17 @@ pub struct GeneratorSource {
 impl GeneratorSource {
     pub fn new(spec: Arc<GeneratorSpec>, info: &SubtaskInfo) -> GeneratorSource {
         let p = u64::from(info.parallelism.max(1));
+        // Own copies of the field names: records clone and drop them all the time, and
+        // reference counts shared between subtasks on different cores would bounce
+        // their cache line between those cores.
+        let spec = Arc::new(GeneratorSpec {
+            fields: spec
+                .fields
+                .iter()
+                .map(|(n, e)| (Arc::from(&**n), e.clone()))
+                .collect(),
+            ..(*spec).clone()
+        });
         let only_i = match spec.fields.as_slice() {
             [(name, e)] if e.text().trim() == "i" => Some(name.clone()),
             _ => None,

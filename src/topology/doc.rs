@@ -191,7 +191,7 @@ pub type StringTable = Vec<(Key, String, Origin)>;
 
 /// Reads typed settings from one table, remembering which keys were read.
 pub struct Reader<'a> {
-    /// How messages name the table: "[job]", "node `count`".
+    /// How messages name the table: `[job]`, ``operator `count` ``.
     pub what: String,
     pub at: &'a Origin,
     entries: &'a [(Key, Val)],
