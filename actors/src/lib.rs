@@ -13,6 +13,7 @@ pub mod network;
 pub mod operator;
 mod partition;
 pub mod plan;
+pub mod sink;
 mod stage;
 mod subtask;
 
