@@ -351,6 +351,11 @@ fn progress_loop(metrics: &JobMetrics, stop: &mpsc::Receiver<()>) {
     let mut last: Vec<OperatorReport> = Vec::new();
     let mut last_at = Instant::now();
     let mut stderr = std::io::stderr();
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|w| *w > 20)
+        .unwrap_or(120);
     loop {
         match stop.recv_timeout(Duration::from_secs(1)) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -369,11 +374,25 @@ fn progress_loop(metrics: &JobMetrics, stop: &mpsc::Receiver<()>) {
                 let prev = last.iter().find(|p| p.name == o.name);
                 let rin = (o.records_in - prev.map_or(0, |p| p.records_in)) as f64 / dt;
                 let rout = (o.records_out - prev.map_or(0, |p| p.records_out)) as f64 / dt;
-                format!("{} in {}/s out {}/s", o.name, human(rin), human(rout))
+                // Sources have no input and sinks no output: show what moves.
+                let mut part = o.name.clone();
+                if o.records_in > 0 {
+                    part.push_str(&format!(" in {}/s", human(rin)));
+                }
+                if o.records_out > 0 {
+                    part.push_str(&format!(" out {}/s", human(rout)));
+                }
+                part
             })
             .collect();
         last = now;
-        let _ = write!(stderr, "\r\x1b[K{}", parts.join(" | "));
+        // One terminal line: a wrapped line could not be redrawn in place.
+        let line: String = parts
+            .join(" | ")
+            .chars()
+            .take(width.saturating_sub(1))
+            .collect();
+        let _ = write!(stderr, "\r\x1b[K{line}");
         let _ = stderr.flush();
     }
 }

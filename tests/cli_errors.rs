@@ -411,3 +411,31 @@ fn validate_prints_the_resolved_graph() {
         "{stdout}"
     );
 }
+
+#[test]
+fn outputs_never_overwrite_inputs_or_each_other() {
+    let e = bad(
+        &BASE.replace(
+            "type = \"null\"\ninput = \"counts\"",
+            "type = \"file\"\ninput = \"counts\"\npath = \"./in.txt\"",
+        ),
+        &[],
+    );
+    assert!(
+        e.starts_with("error: t.toml:28:6: sink `out` would overwrite /"),
+        "{e}"
+    );
+    assert!(e.contains("in.txt, which source `lines` reads"), "{e}");
+    assert!(e.contains("fix: give its output another path"), "{e}");
+    let two_sinks = BASE.replace(
+        "type = \"null\"\ninput = \"counts\"",
+        "type = \"file\"\ninput = \"counts\"\npath = \"out.jsonl\"",
+    )
+        + "\n[[sink]]\nid = \"again\"\ntype = \"file\"\ninput = \"counts\"\npath = \"out.jsonl\"\n";
+    let e = bad(&two_sinks, &[]);
+    assert!(
+        e.starts_with("error: t.toml:34:6: sink `again` writes /"),
+        "{e}"
+    );
+    assert!(e.contains("out.jsonl, which `out` writes too"), "{e}");
+}

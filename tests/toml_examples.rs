@@ -165,12 +165,21 @@ fn generator_example_is_seeded_and_reproducible() {
         a1.keys().collect::<Vec<_>>(),
         ["s1", "s2", "s3", "s4", "s5"]
     );
-    assert_eq!(a1, a2);
+    // The same readings arrive in another interleaving: equal up to float rounding.
+    assert_eq!(a1.keys().collect::<Vec<_>>(), a2.keys().collect::<Vec<_>>());
+    for (k, v) in &a1 {
+        assert!((v - a2[k]).abs() < 1e-9, "{k}: {v} vs {}", a2[k]);
+    }
     let (_, other_seed, _) = run_in(
         dir.path(),
         &[&args[..], &["--set", "readings.seed=7"]].concat(),
     );
-    assert_ne!(final_avgs(&other_seed).1, a1);
+    let a3 = final_avgs(&other_seed).1;
+    assert!(
+        a1.iter()
+            .any(|(k, v)| a3.get(k).is_none_or(|w| (v - w).abs() > 1e-6)),
+        "{a1:?} vs {a3:?}"
+    );
 }
 
 #[test]

@@ -999,6 +999,7 @@ fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> 
             )));
         }
     }
+    check_paths(nodes)?;
     let stdins: Vec<&Node> = nodes
         .iter()
         .filter(|n| matches!(n.kind, NodeKind::Stdin(_)))
@@ -1010,6 +1011,74 @@ fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> 
                 stdins[0].id
             )),
         );
+    }
+    Ok(())
+}
+
+/// An absolute, normalized form of a path for comparisons (the file need not exist).
+fn normalized(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (
+        abs.parent().and_then(|d| d.canonicalize().ok()),
+        abs.file_name(),
+    ) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => abs,
+    }
+}
+
+/// No two outputs (file sinks, dead-letter files) share a path, and no output
+/// overwrites an input file.
+fn check_paths(nodes: &[Node]) -> Result<(), Problem> {
+    let mut inputs: Vec<(PathBuf, &Node)> = Vec::new();
+    let mut outputs: Vec<(PathBuf, &Node, &str)> = Vec::new();
+    for n in nodes {
+        match &n.kind {
+            NodeKind::File(spec) => {
+                inputs.push((normalized(&spec.path), n));
+                if let OnError::DeadLetter(p) = &spec.on_error {
+                    outputs.push((normalized(p), n, "its dead-letter file"));
+                }
+            }
+            NodeKind::Stdin(spec) => {
+                if let OnError::DeadLetter(p) = &spec.on_error {
+                    outputs.push((normalized(p), n, "its dead-letter file"));
+                }
+            }
+            NodeKind::FileSink(p, _) => outputs.push((normalized(p), n, "its output")),
+            _ => {}
+        }
+    }
+    for (i, (path, node, what)) in outputs.iter().enumerate() {
+        if let Some((_, src)) = inputs.iter().find(|(p, _)| p == path) {
+            return Err(Problem::new(
+                &node.id_at,
+                format!(
+                    "{} `{}` would overwrite {}, which source `{}` reads",
+                    node.role.table(),
+                    node.id,
+                    path.display(),
+                    src.id
+                ),
+            )
+            .fix(format!("give {what} another path")));
+        }
+        if let Some((_, other, _)) = outputs[..i].iter().find(|(p, _, _)| p == path) {
+            return Err(Problem::new(
+                &node.id_at,
+                format!(
+                    "{} `{}` writes {}, which `{}` writes too",
+                    node.role.table(),
+                    node.id,
+                    path.display(),
+                    other.id
+                ),
+            )
+            .fix(format!("give {what} another path")));
+        }
     }
     Ok(())
 }
