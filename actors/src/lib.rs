@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod flow;
+pub mod gate;
 mod graph;
 mod job;
 mod metrics;

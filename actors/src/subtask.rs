@@ -10,12 +10,12 @@
 use crate::config::JobConfig;
 use crate::error::StageError;
 use crate::flow::ChannelEvent;
+use crate::gate::InputGate;
 use crate::job::{JobMaster, SubtaskFailed, SubtaskFinished};
 use crate::network::{AnyBatch, Credit, Deliver, InputSource, Network, OutputTarget};
 use crate::operator::SourcePoll;
 use crate::stage::{InputHead, SourceHead};
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
-use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Batches processed (or polled) before the actor yields to its mailbox.
@@ -42,7 +42,7 @@ pub(crate) struct SubtaskActor {
     head: Result<Head, StageError>,
     net: Network,
     inputs: Vec<InputSource>,
-    queue: VecDeque<(usize, ChannelEvent<AnyBatch>)>,
+    gate: InputGate<ChannelEvent<AnyBatch>>,
     ended_inputs: usize,
     master: Addr<JobMaster>,
     phase: Phase,
@@ -67,7 +67,7 @@ impl SubtaskActor {
             head,
             net: Network::new(Vec::new(), 1),
             inputs: Vec::new(),
-            queue: VecDeque::new(),
+            gate: InputGate::new(0),
             ended_inputs: 0,
             master,
             phase: Phase::Created,
@@ -128,7 +128,7 @@ impl SubtaskActor {
                     Ok(false)
                 }
             },
-            Head::Input(input) => match self.queue.pop_front() {
+            Head::Input(input) => match self.gate.pop() {
                 None => Ok(false),
                 Some((channel, ChannelEvent::Batch(batch))) => {
                     input.push_batch(batch, net)?;
@@ -240,6 +240,7 @@ impl Handler<Wire> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, wire: Wire, _ctx: &mut Context<Self>) {
         self.net = Network::new(wire.outputs, self.channel_capacity);
+        self.gate = InputGate::new(wire.inputs.len());
         self.inputs = wire.inputs;
     }
 }
@@ -273,7 +274,7 @@ impl Handler<Pump> for SubtaskActor {
 impl Handler<Deliver> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, deliver: Deliver, ctx: &mut Context<Self>) {
-        self.queue.push_back((deliver.channel, deliver.event));
+        self.gate.push(deliver.channel, deliver.event);
         if !self.pump_scheduled {
             self.pump(ctx);
         }

@@ -3,3 +3,4 @@
 
 pub mod barrier;
 pub mod coordinator;
+pub mod restart;
