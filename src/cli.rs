@@ -396,3 +396,68 @@ fn progress_loop(metrics: &JobMetrics, stop: &mpsc::Receiver<()>) {
         let _ = stderr.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_run_with_overrides_and_global_log_level() {
+        let cli = Cli::try_parse_from([
+            "weir",
+            "run",
+            "job.toml",
+            "--set",
+            "job.parallelism=4",
+            "--set",
+            "src.path=x.csv",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_level.as_deref(), Some("debug"));
+        match cli.command {
+            Command::Run {
+                file,
+                set,
+                no_progress,
+            } => {
+                assert_eq!(file, PathBuf::from("job.toml"));
+                assert_eq!(set, ["job.parallelism=4", "src.path=x.csv"]);
+                assert!(!no_progress);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_validate_and_rejects_bad_usage() {
+        let cli =
+            Cli::try_parse_from(["weir", "--log-level", "warn", "validate", "a.toml"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Validate { ref file, ref set } if file == &PathBuf::from("a.toml") && set.is_empty())
+        );
+        assert!(Cli::try_parse_from(["weir"]).is_err());
+        assert!(Cli::try_parse_from(["weir", "run"]).is_err());
+        assert!(Cli::try_parse_from(["weir", "frobnicate", "a.toml"]).is_err());
+        assert!(Cli::try_parse_from(["weir", "run", "a.toml", "--set"]).is_err());
+    }
+
+    #[test]
+    fn human_rates_and_tables() {
+        assert_eq!(human(999.0), "999");
+        assert_eq!(human(12_345.0), "12.3k");
+        assert_eq!(human(4_200_000.0), "4.20M");
+        assert_eq!(human(3e9), "3.00G");
+        let t = table(&["a", "bb"], &[["xyz".to_string(), "1".to_string()]]);
+        assert_eq!(t, "a    bb\nxyz  1\n");
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        assert!(init_logging(Some("loud"))
+            .unwrap_err()
+            .contains("not a log level"));
+        assert!(init_logging(Some("weir=debug,warn")).is_ok());
+    }
+}

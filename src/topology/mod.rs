@@ -68,7 +68,9 @@
 //!
 //! CSV without a schema infers types (empty → null, `true`/`false`, integers, floats,
 //! else strings); with a schema, declared fields are converted and checked and other
-//! columns stay strings. JSON lines keep nested arrays/objects as their JSON text.
+//! columns stay strings. With `header = false` and no `columns`, CSV fields are named
+//! `c0`, `c1`, …. A quoted CSV field cannot span lines. JSON lines keep nested
+//! arrays/objects as their JSON text.
 //!
 //! **Bad records** (an unparseable line, a missing or mistyped schema field, invalid
 //! UTF-8) follow the source's `on_error`:
