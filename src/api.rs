@@ -83,6 +83,18 @@ pub struct DataStream<T> {
     _records: PhantomData<fn() -> T>,
 }
 
+/// Consuming a stream twice fans it out: every consumer gets every record.
+impl<T> Clone for DataStream<T> {
+    fn clone(&self) -> Self {
+        DataStream {
+            graph: self.graph.clone(),
+            node: self.node,
+            partitioning: self.partitioning.clone(),
+            _records: PhantomData,
+        }
+    }
+}
+
 impl<T: Data> DataStream<T> {
     fn new(graph: Rc<RefCell<JobGraph>>, node: NodeId, partitioning: Partitioning) -> Self {
         DataStream {
@@ -154,6 +166,13 @@ impl<T: Data> DataStream<T> {
         }
     }
 
+    /// Merges this stream with others of the same type into the next operator.
+    pub fn union(self, others: Vec<DataStream<T>>) -> UnionStream<T> {
+        let mut inputs = vec![self];
+        inputs.extend(others);
+        UnionStream { inputs }
+    }
+
     /// The next edge sends records round robin.
     pub fn rebalance(mut self) -> DataStream<T> {
         self.partitioning = Partitioning::rebalance();
@@ -194,6 +213,44 @@ impl<T: Data> DataStream<T> {
             g.set_parallelism(sink, parallelism);
             sink
         });
+    }
+}
+
+/// Several streams of one type feeding the same next operator.
+pub struct UnionStream<T> {
+    inputs: Vec<DataStream<T>>,
+}
+
+impl<T: Data> UnionStream<T> {
+    fn connect_all(
+        self,
+        add: impl FnOnce(&mut JobGraph) -> NodeId,
+    ) -> (Rc<RefCell<JobGraph>>, NodeId) {
+        let graph = self.inputs[0].graph.clone();
+        let node = add(&mut graph.borrow_mut());
+        for input in self.inputs {
+            graph
+                .borrow_mut()
+                .connect(input.node, node, input.partitioning);
+        }
+        (graph, node)
+    }
+
+    pub fn process<O: Operator<In = T>>(
+        self,
+        name: &str,
+        make: impl Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+    ) -> DataStream<O::Out> {
+        let (graph, node) = self.connect_all(|g| g.add_operator(name, make));
+        DataStream::new(graph, node, Partitioning::default_for_edge())
+    }
+
+    pub fn sink<S: Sink<In = T>>(
+        self,
+        name: &str,
+        make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    ) {
+        self.connect_all(|g| g.add_sink(name, make));
     }
 }
 

@@ -5,7 +5,7 @@
 
 pub mod api;
 
-pub use api::{DataStream, KeyedStream, StreamJob};
+pub use api::{DataStream, KeyedStream, StreamJob, UnionStream};
 pub use weir_actors::{
     Context, Data, JobConfig, JobError, JobMetrics, JobReport, Key, KeyedOperator, NodeDescription,
     Operator, OperatorReport, Sink, Source, SourcePoll, SubtaskInfo,

@@ -341,3 +341,83 @@ fn jobs_complete_when_upstream_subtasks_start_before_downstream_ones() {
         assert_eq!(outcome, Ok(Ok(5_000)), "attempt {attempt} hung or failed");
     }
 }
+
+#[test]
+fn fan_out_broadcast_and_union_deliver_every_record_as_expected() {
+    // numbers (p=2) ─┬─ broadcast ─> every (p=3): each record reaches all 3 subtasks
+    //                └─ rebalance ─> tag (p=1) ─┐
+    //        letters (p=1) ─────────────────────┴─ union ─> both (p=2)
+    let every = Arc::new(Mutex::new(Vec::new()));
+    let both = Arc::new(Mutex::new(Vec::new()));
+    let job = StreamJob::new(config(2));
+    let numbers_input = Arc::new((0..3_000u64).collect::<Vec<_>>());
+    let numbers = job
+        .source("numbers", move |info| {
+            Items::new(numbers_input.clone(), info)
+        })
+        .map("show", |n| format!("n{n}"));
+    let every_sink = every.clone();
+    numbers
+        .clone()
+        .broadcast()
+        .sink_with_parallelism("every", 3, move |info| {
+            let sink = every_sink.clone();
+            let index = info.index;
+            TaggedCollect { sink, index }
+        });
+    let tagged = numbers.rebalance().map("tag", |s| s).parallelism(1);
+    let letters_input = Arc::new(
+        (b'a'..=b'z')
+            .map(|c| (c as char).to_string())
+            .collect::<Vec<_>>(),
+    );
+    let letters = job
+        .source("letters", move |info| {
+            Items::new(letters_input.clone(), info)
+        })
+        .parallelism(1);
+    let both_sink = both.clone();
+    tagged
+        .union(vec![letters.rebalance()])
+        .sink("both", move |_| Collect(both_sink.clone()));
+    let report = job.run().unwrap();
+    assert_eq!(report.operator("every").unwrap().records_in, 9_000);
+
+    let every = every.lock().unwrap();
+    for subtask in 0..3 {
+        let mut got: Vec<&str> = every
+            .iter()
+            .filter(|(s, _)| *s == subtask)
+            .map(|(_, r)| r.as_str())
+            .collect();
+        got.sort_unstable();
+        let mut expected: Vec<String> = (0..3_000).map(|n| format!("n{n}")).collect();
+        expected.sort_unstable();
+        assert_eq!(
+            got,
+            expected.iter().map(String::as_str).collect::<Vec<_>>(),
+            "broadcast to subtask {subtask}"
+        );
+    }
+    let mut got = both.lock().unwrap().clone();
+    got.sort_unstable();
+    let mut expected: Vec<String> = (0..3_000)
+        .map(|n| format!("n{n}"))
+        .chain((b'a'..=b'z').map(|c| (c as char).to_string()))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(got, expected);
+}
+
+struct TaggedCollect {
+    sink: Arc<Mutex<Vec<(u32, String)>>>,
+    index: u32,
+}
+
+impl Sink for TaggedCollect {
+    type In = String;
+    fn write(&mut self, record: String) -> anyhow::Result<()> {
+        self.sink.lock().unwrap().push((self.index, record));
+        Ok(())
+    }
+}
