@@ -15,7 +15,6 @@ use crate::operator::{
     Context, Data, KeyFn, KeyedOperator, Operator, Sink, Source, SourcePoll, SubtaskInfo,
 };
 use crate::partition::Partitioner;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// Something that takes batches of `T`.
@@ -36,16 +35,61 @@ pub(crate) fn guarded<R>(
     info: &SubtaskInfo,
     f: impl FnOnce() -> anyhow::Result<R>,
 ) -> Result<R, StageError> {
-    let cause = match catch_unwind(AssertUnwindSafe(f)) {
+    let cause = match panic_hook::catch(f) {
         Ok(Ok(r)) => return Ok(r),
         Ok(Err(e)) => format!("{e:#}"),
-        Err(payload) => panic_message(payload.as_ref()),
+        Err((payload, Some(location))) => {
+            format!("{} (at {location})", panic_message(payload.as_ref()))
+        }
+        Err((payload, None)) => panic_message(payload.as_ref()),
     };
     Err(StageError {
         operator: info.operator.to_string(),
         subtask: info.index,
         cause,
     })
+}
+
+/// Panics in user code are failures with a message, not stderr noise: while guarded
+/// code runs, the process-wide hook records the panic's location for the error and
+/// prints nothing; every other panic goes to the hook that was installed before.
+mod panic_hook {
+    use std::any::Any;
+    use std::cell::{Cell, RefCell};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::Once;
+
+    thread_local! {
+        static GUARDED: Cell<bool> = const { Cell::new(false) };
+        static LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    fn install() {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if GUARDED.with(Cell::get) {
+                    let location = info
+                        .location()
+                        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+                    LOCATION.with(|slot| *slot.borrow_mut() = location);
+                } else {
+                    previous(info);
+                }
+            }));
+        });
+    }
+
+    pub type Caught = (Box<dyn Any + Send>, Option<String>);
+
+    pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
+        install();
+        let outer = GUARDED.with(|g| g.replace(true));
+        let result = catch_unwind(AssertUnwindSafe(f));
+        GUARDED.with(|g| g.set(outer));
+        result.map_err(|payload| (payload, LOCATION.with(|slot| slot.borrow_mut().take())))
+    }
 }
 
 /// The parts every operator-like stage has.
