@@ -155,7 +155,8 @@ const FUNCTIONS: &[(&str, Func, usize, Option<usize>)] = &[
 #[derive(Debug, Clone)]
 enum Node {
     Lit(Value),
-    Field(Arc<str>),
+    /// A field, with the byte range of its name in the expression text.
+    Field(Arc<str>, std::ops::Range<usize>),
     Neg(Box<Node>),
     Not(Box<Node>),
     Binary(BinOp, Box<Node>, Box<Node>),
@@ -208,14 +209,21 @@ impl Expr {
 
     /// The fields the expression reads, in order of first use.
     pub fn fields(&self) -> Vec<Arc<str>> {
-        fn walk(n: &Node, out: &mut Vec<Arc<str>>) {
+        let mut out: Vec<Arc<str>> = Vec::new();
+        for (f, _) in self.field_uses() {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    /// Every use of a field, with the byte range of the name in the expression text.
+    pub fn field_uses(&self) -> Vec<(Arc<str>, std::ops::Range<usize>)> {
+        fn walk(n: &Node, out: &mut Vec<(Arc<str>, std::ops::Range<usize>)>) {
             match n {
                 Node::Lit(_) => {}
-                Node::Field(f) => {
-                    if !out.contains(f) {
-                        out.push(f.clone())
-                    }
-                }
+                Node::Field(f, at) => out.push((f.clone(), at.clone())),
                 Node::Neg(a) | Node::Not(a) => walk(a, out),
                 Node::Binary(_, a, b) => {
                     walk(a, out);
@@ -596,7 +604,10 @@ impl Parser {
             Tok::Int(i) => Ok(Node::Lit(Value::Int(i))),
             Tok::Float(f) => Ok(Node::Lit(Value::Float(f))),
             Tok::Str(s) => Ok(Node::Lit(Value::str(&s))),
-            Tok::Quoted(name) => Ok(Node::Field(Arc::from(name))),
+            Tok::Quoted(name) => {
+                let end = token.start + name.len() + 2;
+                Ok(Node::Field(Arc::from(name), token.start..end))
+            }
             Tok::LParen => {
                 let inner = self.expr()?;
                 match self.peek() {
@@ -632,7 +643,10 @@ impl Parser {
                     "true" => Node::Lit(Value::Bool(true)),
                     "false" => Node::Lit(Value::Bool(false)),
                     "null" => Node::Lit(Value::Null),
-                    _ => Node::Field(Arc::from(word)),
+                    _ => {
+                        let end = token.start + word.len();
+                        Node::Field(Arc::from(word), token.start..end)
+                    }
                 })
             }
             other => Err(ExprError {
@@ -718,7 +732,7 @@ impl Parser {
 fn eval(node: &Node, env: &mut dyn Env) -> Result<Value, String> {
     match node {
         Node::Lit(v) => Ok(v.clone()),
-        Node::Field(name) => env.field(name).cloned().ok_or_else(|| {
+        Node::Field(name, _) => env.field(name).cloned().ok_or_else(|| {
             format!(
                 "the record has no field `{name}` (it has {})",
                 env.describe_fields()
@@ -1177,6 +1191,21 @@ mod tests {
         let e = Expr::parse("a + b > a and `c d` == lower(e)", false).unwrap();
         let names: Vec<String> = e.fields().iter().map(|s| s.to_string()).collect();
         assert_eq!(names, ["a", "b", "c d", "e"]);
+        let uses: Vec<(String, std::ops::Range<usize>)> = e
+            .field_uses()
+            .into_iter()
+            .map(|(f, r)| (f.to_string(), r))
+            .collect();
+        assert_eq!(
+            uses,
+            [
+                ("a".to_string(), 0..1),
+                ("b".to_string(), 4..5),
+                ("a".to_string(), 8..9),
+                ("c d".to_string(), 14..19),
+                ("e".to_string(), 29..30)
+            ]
+        );
     }
 
     struct Gen(u64, Record);

@@ -439,3 +439,53 @@ fn outputs_never_overwrite_inputs_or_each_other() {
     );
     assert!(e.contains("out.jsonl, which `out` writes too"), "{e}");
 }
+
+#[test]
+fn misspelled_fields_are_caught_before_running() {
+    let e = bad(&BASE.replace("field = \"line\"", "field = \"lin\""), &[]);
+    assert_message(
+        &e,
+        "error: t.toml:14:9: operator `words` reads field `lin` (in `field`), but the records from `lines` have `line`",
+        "did you mean `line`?",
+    );
+    let e = bad(&BASE.replace("key = \"word\"", "key = [\"wrd\"]"), &[]);
+    assert_message(
+        &e,
+        "error: t.toml:20:8: operator `by_word` reads field `wrd` (in `key`), but the records from `words` have `word`",
+        "did you mean `word`?",
+    );
+    // Inside an expression the caret points at the field.
+    let toml = BASE
+        .replace(
+            "[[operator]]\nid = \"by_word\"",
+            "[[operator]]\nid = \"short\"\ntype = \"filter\"\ninput = \"words\"\nwhere = 'len(word) > 3 and wrod != \"the\"'\n\n[[operator]]\nid = \"by_word\"",
+        )
+        .replace("input = \"words\"\nkey", "input = \"short\"\nkey");
+    let e = bad(&toml, &[]);
+    assert_message(
+        &e,
+        "error: t.toml:20:28: operator `short` reads field `wrod` (in `where`), but the records from `words` have `word`",
+        "did you mean `word`?",
+    );
+    assert!(e.contains("20 | where = 'len(word) > 3 and wrod != \"the\"'\n   |                            ^^^^\n"), "{e}");
+    // Map renames name fields of its result.
+    let toml = BASE
+        .replace(
+            "[[operator]]\nid = \"by_word\"",
+            "[[operator]]\nid = \"renamed\"\ntype = \"map\"\ninput = \"words\"\nset = { n = \"len(word)\" }\nrename = { wrd = \"w\" }\n\n[[operator]]\nid = \"by_word\"",
+        )
+        .replace("input = \"words\"\nkey", "input = \"renamed\"\nkey");
+    let e = bad(&toml, &[]);
+    assert_message(
+        &e,
+        "error: t.toml:21:12: map `renamed` renames field `wrd`, which its result does not have (it has `word`, `n`)",
+        "did you mean `word`?",
+    );
+    // After the rename, the key must use the new name.
+    let fixed = toml.replace("rename = { wrd = \"w\" }", "rename = { word = \"w\" }");
+    let e = bad(&fixed, &[]);
+    assert!(
+        e.starts_with("error: t.toml:27:7: operator `by_word` reads field `word` (in `key`), but the records from `renamed` have `w`, `n`"),
+        "{e}"
+    );
+}

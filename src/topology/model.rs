@@ -63,8 +63,32 @@ pub struct Node {
     pub inputs: Vec<(String, Origin)>,
     pub parallelism: Option<(u32, Origin)>,
     pub kind: NodeKind,
+    /// The fields this node reads, where the topology names them.
+    pub reads: Vec<FieldRef>,
     /// The node's table.
     pub at: Origin,
+}
+
+/// A field named by a setting (`select`, `where`, `key`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldRef {
+    pub name: String,
+    pub at: Origin,
+    /// The setting that names it, for messages.
+    pub setting: String,
+    /// Map's `rename` names fields of the map's own result, not of its input.
+    pub of_result: bool,
+}
+
+impl FieldRef {
+    fn new(name: &str, at: &Origin, setting: &str) -> FieldRef {
+        FieldRef {
+            name: name.to_string(),
+            at: at.clone(),
+            setting: setting.to_string(),
+            of_result: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +169,14 @@ impl Ctx<'_> {
             p.to_path_buf()
         } else {
             self.base.join(p)
+        }
+    }
+
+    /// The field uses of a parsed expression, pointing into its string.
+    fn expr_reads(&self, e: &Expr, at: &Origin, key: &str, reads: &mut Vec<FieldRef>) {
+        for (name, range) in e.field_uses() {
+            let inner = at.inner(self.text, range.start, range.len());
+            reads.push(FieldRef::new(&name, &inner, key));
         }
     }
 
@@ -354,6 +386,7 @@ fn too_parallel(what: &str, p: u32, at: &Origin, max: u32) -> Problem {
 const COMMON_KEYS: &[&str] = &["id", "type", "input", "inputs", "parallelism"];
 
 fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
+    let mut reads = Vec::new();
     let table = role.table();
     let mut r = Reader::new(format!("a [[{table}]]"), item)?;
     let (id, id_at) = r.required_string("id", "\"my_node\"")?;
@@ -465,18 +498,17 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
             )
         }
         (Role::Operator, "map") => (
-            parse_map(&mut r, ctx)?,
+            parse_map(&mut r, ctx, &mut reads)?,
             &["select", "drop", "set", "rename"],
         ),
         (Role::Operator, "filter") => {
             let (w, at) = r.required_string("where", "\"n > 3 and word != 'the'\"")?;
-            (
-                NodeKind::Filter(Arc::new(ctx.expr(&w, &at, "where", false)?)),
-                &["where"],
-            )
+            let e = ctx.expr(&w, &at, "where", false)?;
+            ctx.expr_reads(&e, &at, "where", &mut reads);
+            (NodeKind::Filter(Arc::new(e)), &["where"])
         }
         (Role::Operator, "flat_map") => (
-            parse_flat_map(&mut r)?,
+            parse_flat_map(&mut r, &mut reads)?,
             &["field", "output", "mode", "separator", "lowercase", "keep"],
         ),
         (Role::Operator, "key_by") => {
@@ -488,6 +520,7 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
                     Problem::new(&r.key_at("key"), "`key` is empty").fix("name at least one field")
                 );
             }
+            reads.extend(key.iter().map(|(k, at)| FieldRef::new(k, at, "key")));
             (
                 NodeKind::KeyBy(key.into_iter().map(|(k, _)| Arc::from(k)).collect()),
                 &["key"],
@@ -504,7 +537,9 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
             let field = if kind == AggKind::Count {
                 None
             } else {
-                Some(Arc::from(r.required_string("field", "\"value\"")?.0))
+                let (f, at) = r.required_string("field", "\"value\"")?;
+                reads.push(FieldRef::new(&f, &at, "field"));
+                Some(Arc::from(f))
             };
             let output = r
                 .string("output", &format!("\"{}\"", kind.name()))?
@@ -542,6 +577,7 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
         inputs,
         parallelism,
         kind,
+        reads,
         at: item.at.clone(),
     })
 }
@@ -748,17 +784,19 @@ fn parse_decode(
     Ok((Arc::new(spec), on_error))
 }
 
-fn parse_map(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
-    let names = |v: Option<Vec<(String, Origin)>>| -> Vec<Arc<str>> {
+fn parse_map(r: &mut Reader, ctx: &Ctx, reads: &mut Vec<FieldRef>) -> Result<NodeKind, Problem> {
+    let mut names = |v: Option<Vec<(String, Origin)>>, setting: &str| -> Vec<Arc<str>> {
         v.unwrap_or_default()
             .into_iter()
-            .map(|(s, _)| Arc::from(s))
+            .map(|(s, at)| {
+                reads.push(FieldRef::new(&s, &at, setting));
+                Arc::from(s)
+            })
             .collect()
     };
-    let select = r
-        .strings("select", "[\"word\", \"count\"]")?
-        .map(|v| names(Some(v)));
-    let drop = names(r.strings("drop", "[\"tmp\"]")?);
+    let select_list = r.strings("select", "[\"word\", \"count\"]")?;
+    let select = select_list.map(|v| names(Some(v), "select"));
+    let drop = names(r.strings("drop", "[\"tmp\"]")?, "drop");
     if select.is_some() && !drop.is_empty() {
         return Err(
             Problem::new(&r.key_at("drop"), "`select` and `drop` together")
@@ -770,17 +808,23 @@ fn parse_map(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
         .unwrap_or_default()
         .into_iter()
         .map(|(k, text, at)| {
-            Ok((
-                Arc::from(k.name.as_str()),
-                ctx.expr(&text, &at, &format!("set.{}", k.name), false)?,
-            ))
+            let setting = format!("set.{}", k.name);
+            let e = ctx.expr(&text, &at, &setting, false)?;
+            ctx.expr_reads(&e, &at, &setting, reads);
+            Ok((Arc::from(k.name.as_str()), e))
         })
         .collect::<Result<Vec<_>, Problem>>()?;
     let rename = r
         .string_table("rename", "{ old_name = \"new_name\" }")?
         .unwrap_or_default()
         .into_iter()
-        .map(|(k, to, _)| (Arc::from(k.name.as_str()), Arc::from(to)))
+        .map(|(k, to, _)| {
+            reads.push(FieldRef {
+                of_result: true,
+                ..FieldRef::new(&k.name, &k.at, "rename")
+            });
+            (Arc::from(k.name.as_str()), Arc::from(to))
+        })
         .collect::<Vec<_>>();
     if select.is_none() && drop.is_empty() && set.is_empty() && rename.is_empty() {
         return Err(Problem::new(r.at, format!("{} changes nothing", r.what))
@@ -794,8 +838,9 @@ fn parse_map(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
     })))
 }
 
-fn parse_flat_map(r: &mut Reader) -> Result<NodeKind, Problem> {
-    let (field, _) = r.required_string("field", "\"line\"")?;
+fn parse_flat_map(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind, Problem> {
+    let (field, field_at) = r.required_string("field", "\"line\"")?;
+    reads.push(FieldRef::new(&field, &field_at, "field"));
     let output = r
         .string("output", "\"word\"")?
         .map_or_else(|| "word".to_string(), |(s, _)| s);
@@ -1000,6 +1045,7 @@ fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> 
         }
     }
     check_paths(nodes)?;
+    check_fields(nodes, &by_id)?;
     let stdins: Vec<&Node> = nodes
         .iter()
         .filter(|n| matches!(n.kind, NodeKind::Stdin(_)))
@@ -1013,6 +1059,187 @@ fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> 
         );
     }
     Ok(())
+}
+
+/// The fields a node's records carry, when the topology tells.
+#[derive(Debug, Clone, PartialEq)]
+enum Fields {
+    Known(Vec<String>),
+    /// JSON input, stdin CSV with a header, an unreadable header: checked at run time.
+    Unknown,
+}
+
+/// The column names of a CSV file's header line, if it can be read now.
+fn csv_header(path: &Path, delimiter: char) -> Option<Vec<String>> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(f).read_line(&mut line).ok()?;
+    let line = line.trim_end_matches(['\n', '\r']);
+    crate::record::parse_csv_line(line, delimiter)
+        .ok()
+        .map(|cells| cells.into_iter().map(|c| c.trim().to_string()).collect())
+}
+
+fn decoded_fields(decode: &DecodeSpec, path: Option<&Path>) -> Fields {
+    match decode.format {
+        Format::Text => Fields::Known(vec![decode.field.to_string()]),
+        Format::Json => Fields::Unknown,
+        Format::Csv => match (&decode.columns, decode.header, path) {
+            (Some(cols), _, _) => Fields::Known(cols.iter().map(|c| c.to_string()).collect()),
+            (None, true, Some(p)) => {
+                csv_header(p, decode.delimiter).map_or(Fields::Unknown, Fields::Known)
+            }
+            _ => Fields::Unknown,
+        },
+    }
+}
+
+/// Where the topology says which fields flow, every field a node names must be there:
+/// a misspelled field is reported at validation, not at the first record.
+fn check_fields(nodes: &[Node], by_id: &HashMap<&str, usize>) -> Result<(), Problem> {
+    let mut out: Vec<Option<Fields>> = vec![None; nodes.len()];
+    fn fields_of(
+        i: usize,
+        nodes: &[Node],
+        by_id: &HashMap<&str, usize>,
+        out: &mut Vec<Option<Fields>>,
+    ) -> Result<Fields, Problem> {
+        if let Some(f) = &out[i] {
+            return Ok(f.clone());
+        }
+        let n = &nodes[i];
+        let mut inputs = Vec::new();
+        for (input, _) in &n.inputs {
+            let j = by_id[input.as_str()];
+            inputs.push((j, fields_of(j, nodes, by_id, out)?));
+        }
+        // Check every read against every input whose fields are known.
+        for r in n.reads.iter().filter(|r| !r.of_result) {
+            for (j, f) in &inputs {
+                if let Fields::Known(names) = f {
+                    if !names.contains(&r.name) {
+                        return Err(missing_field(n, r, &nodes[*j].id, names));
+                    }
+                }
+            }
+        }
+        // The fields every input is sure to carry.
+        let input = inputs
+            .iter()
+            .try_fold(None::<Vec<String>>, |acc, (_, f)| match f {
+                Fields::Unknown => Err(()),
+                Fields::Known(names) => Ok(Some(match acc {
+                    None => names.clone(),
+                    Some(a) => a.into_iter().filter(|x| names.contains(x)).collect(),
+                })),
+            });
+        let input = match input {
+            Ok(Some(names)) => Fields::Known(names),
+            _ => Fields::Unknown,
+        };
+        let result = match (&n.kind, input) {
+            (NodeKind::Generator(g), _) => {
+                Fields::Known(g.fields.iter().map(|(f, _)| f.to_string()).collect())
+            }
+            (NodeKind::File(spec), _) => decoded_fields(&spec.decode, Some(&spec.path)),
+            (NodeKind::Stdin(spec), _) => decoded_fields(&spec.decode, None),
+            (NodeKind::Aggregate { output, .. }, _) => {
+                // The key fields come from the key_by it reads.
+                let key = match &nodes[by_id[n.inputs[0].0.as_str()]].kind {
+                    NodeKind::KeyBy(k) => k.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                };
+                let mut f = key;
+                if !f.iter().any(|x| **x == **output) {
+                    f.push(output.to_string());
+                }
+                Fields::Known(f)
+            }
+            (_, Fields::Unknown) => match &n.kind {
+                NodeKind::FlatMap(spec) if !spec.keep => {
+                    Fields::Known(vec![spec.output.to_string()])
+                }
+                _ => Fields::Unknown,
+            },
+            (NodeKind::Map(spec), Fields::Known(mut f)) => {
+                if let Some(select) = &spec.select {
+                    f = select.iter().map(|s| s.to_string()).collect();
+                } else {
+                    f.retain(|x| !spec.drop.iter().any(|d| **d == **x));
+                }
+                for (name, _) in &spec.set {
+                    if !f.iter().any(|x| **x == **name) {
+                        f.push(name.to_string());
+                    }
+                }
+                for r in n.reads.iter().filter(|r| r.of_result) {
+                    if !f.contains(&r.name) {
+                        return Err(Problem::new(&r.at, format!("map `{}` renames field `{}`, which its result does not have (it has {})", n.id, r.name, list(&f)))
+                            .fix(match closest(&r.name, &f.iter().map(String::as_str).collect::<Vec<_>>()) {
+                                Some(c) => format!("did you mean `{c}`?"),
+                                None => "rename a field of the result (after select, drop and set)".to_string(),
+                            }));
+                    }
+                }
+                for (from, to) in &spec.rename {
+                    f.retain(|x| **x != **to || **from == **to);
+                    if let Some(x) = f.iter_mut().find(|x| ***x == **from) {
+                        *x = to.to_string();
+                    }
+                }
+                Fields::Known(f)
+            }
+            (NodeKind::FlatMap(spec), Fields::Known(mut f)) => {
+                if spec.keep {
+                    if !f.iter().any(|x| **x == *spec.output) {
+                        f.push(spec.output.to_string());
+                    }
+                    Fields::Known(f)
+                } else {
+                    Fields::Known(vec![spec.output.to_string()])
+                }
+            }
+            (_, known) => known, // filter, key_by; sinks pass nothing on
+        };
+        out[i] = Some(result.clone());
+        Ok(result)
+    }
+    for i in 0..nodes.len() {
+        fields_of(i, nodes, by_id, &mut out)?;
+    }
+    Ok(())
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        return "no fields".to_string();
+    }
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn missing_field(n: &Node, r: &FieldRef, upstream: &str, names: &[String]) -> Problem {
+    let candidates: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fix = match closest(&r.name, &candidates) {
+        Some(c) => format!("did you mean `{c}`?"),
+        None => format!("name one of the fields of `{upstream}`: {}", list(names)),
+    };
+    Problem::new(
+        &r.at,
+        format!(
+            "{} `{}` reads field `{}` (in `{}`), but the records from `{upstream}` have {}",
+            n.role.table(),
+            n.id,
+            r.name,
+            r.setting,
+            list(names)
+        ),
+    )
+    .fix(fix)
 }
 
 /// An absolute, normalized form of a path for comparisons (the file need not exist).
