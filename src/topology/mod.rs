@@ -68,7 +68,7 @@
 //!
 //! CSV without a schema infers types (empty → null, `true`/`false`, integers, floats,
 //! else strings); with a schema, declared fields are converted and checked and other
-//! columns stay strings. With `header = false` and no `columns`, CSV fields are named
+//! columns stay strings. Blank lines of CSV and JSON input carry no record. With `header = false` and no `columns`, CSV fields are named
 //! `c0`, `c1`, …. A quoted CSV field cannot span lines. JSON lines keep nested
 //! arrays/objects as their JSON text.
 //!
@@ -136,7 +136,10 @@
 //! Checked: TOML syntax, unknown keys (with the closest name), wrong types and ranges,
 //! unknown or sink inputs, outputs that go nowhere, cycles, duplicate ids, missing input
 //! files, parallelism above `max_parallelism`, invalid expressions (pointing into the
-//! string), keyed aggregations without a `key_by`. A job that fails while running
+//! string), keyed aggregations without a `key_by`, outputs that would overwrite an
+//! input or each other, and fields a node names that its input does not carry (where
+//! the topology tells which fields flow: generators, text, CSV with a header or
+//! `columns`, and everything downstream of them; JSON input is checked per record). A job that fails while running
 //! (bad record under `fail`, an operator error) exits with 1:
 //! `error: job `t` failed: operator ratio (subtask 0) failed: division by zero in `3 / 0`, in `a / b``.
 //!
