@@ -390,7 +390,11 @@ impl KeyedOperator for AggregateOperator {
         for (name, v) in spec.key.iter().zip(key.values()) {
             out.push_unchecked(name.clone(), v.clone());
         }
-        out.set(spec.output.clone(), result);
+        if spec.key.contains(&spec.output) {
+            out.set(spec.output.clone(), result);
+        } else {
+            out.push_unchecked(spec.output.clone(), result);
+        }
         ctx.emit(out);
         Ok(())
     }

@@ -90,7 +90,8 @@ impl GeneratorSource {
         };
         for (name, e) in &self.spec.fields {
             let v = e.eval(&mut env).map_err(anyhow::Error::msg)?;
-            env.record.set(name.clone(), v);
+            // TOML table keys are unique: no need to look for an existing field.
+            env.record.push_unchecked(name.clone(), v);
         }
         Ok(env.record)
     }
