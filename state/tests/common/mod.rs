@@ -11,12 +11,21 @@ use weir_state::{
 
 pub trait Factory {
     type B: KeyedStateBackend<Key = u64>;
+    fn try_open(
+        config: KeyedBackendConfig,
+        handles: &[KeyedStateHandle],
+        storage: &dyn CheckpointStorage,
+        work: &Path,
+    ) -> weir_state::Result<Self::B>;
+
     fn open(
         config: KeyedBackendConfig,
         handles: &[KeyedStateHandle],
         storage: &dyn CheckpointStorage,
         work: &Path,
-    ) -> Self::B;
+    ) -> Self::B {
+        Self::try_open(config, handles, storage, work).unwrap()
+    }
 }
 
 pub struct Memory;
@@ -24,30 +33,30 @@ pub struct Rocks;
 
 impl Factory for Memory {
     type B = MemoryBackend<u64>;
-    fn open(
+    fn try_open(
         config: KeyedBackendConfig,
         handles: &[KeyedStateHandle],
         storage: &dyn CheckpointStorage,
         _: &Path,
-    ) -> Self::B {
-        MemoryBackend::restore(config, handles, storage).unwrap()
+    ) -> weir_state::Result<Self::B> {
+        MemoryBackend::restore(config, handles, storage)
     }
 }
 
 impl Factory for Rocks {
     type B = RocksDbBackend<u64>;
-    fn open(
+    fn try_open(
         config: KeyedBackendConfig,
         handles: &[KeyedStateHandle],
         storage: &dyn CheckpointStorage,
         work: &Path,
-    ) -> Self::B {
+    ) -> weir_state::Result<Self::B> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = work.join(format!(
             "rocks-{}",
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        RocksDbBackend::restore(config, RocksDbOptions::new(dir), handles, storage).unwrap()
+        RocksDbBackend::restore(config, RocksDbOptions::new(dir), handles, storage)
     }
 }
 
