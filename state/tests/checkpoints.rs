@@ -329,7 +329,7 @@ fn incremental_checkpoint_uploads_only_new_files() {
     drop(b);
     let mut r = Rocks::open(
         config("op", 0, 1),
-        &[incr.clone()],
+        std::slice::from_ref(&incr),
         &*env.storage,
         &env.work(),
     );
