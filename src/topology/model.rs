@@ -1462,4 +1462,116 @@ input = "count"
         let e = load(&path, &["noequals".into()]).unwrap_err();
         assert!(e.to_string().contains("expected KEY=VALUE"));
     }
+
+    /// A topology with one source, one operator and a sink, from their bodies.
+    fn one_op(source: &str, operator: &str) -> String {
+        format!(
+            "[[source]]\nid = \"src\"\n{source}\n\n[[operator]]\nid = \"op\"\ninput = \"src\"\n{operator}\n\n[[sink]]\nid = \"out\"\ntype = \"null\"\ninput = \"op\"\n"
+        )
+    }
+
+    #[test]
+    fn setting_errors_of_every_node_type() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.csv"), "a,b\n1,2\n").unwrap();
+        let gen = "type = \"generator\"\ncount = 3\nfields = { a = \"i\", s = \"'x'\" }";
+        let csv = "type = \"file\"\npath = \"in.csv\"";
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (csv.trim_end(), "type = \"filter\"\nwhere = \"a > 1\"\nformat = \"csv\"", "unknown key `format` in operator `op`", "the keys of operator `op` are"),
+            ("type = \"file\"\npath = \"in.csv\"\nformat = \"xml\"", "type = \"filter\"\nwhere = \"a > 1\"", "unknown format `xml`", "use one of: text, csv, json"),
+            ("type = \"file\"\npath = \"in.csv\"\ndelimiter = \";;\"", "type = \"filter\"\nwhere = \"a > 1\"", "`delimiter` must be one character, found \";;\"", "write e.g."),
+            ("type = \"file\"\npath = \"in.csv\"\nformat = \"text\"\nheader = true", "type = \"filter\"\nwhere = \"true\"", "`header` applies to csv input only", "remove `header`"),
+            ("type = \"file\"\npath = \"in.csv\"\nschema = { a = \"integer64\" }", "type = \"filter\"\nwhere = \"a > 1\"", "unknown type `integer64` for schema field `a`", "use one of: string, int, float, bool"),
+            ("type = \"file\"\npath = \"in.csv\"\non_error = \"skp\"", "type = \"filter\"\nwhere = \"a > 1\"", "unknown on_error policy `skp`", "did you mean `skip`?"),
+            ("type = \"file\"\npath = \"in.csv\"\ndead_letter_path = \"d.jsonl\"", "type = \"filter\"\nwhere = \"a > 1\"", "`dead_letter_path` is set but on_error is not \"dead_letter\"", "add `on_error = \"dead_letter\"`"),
+            ("type = \"file\"\npath = \".\"", "type = \"filter\"\nwhere = \"true\"", "`.` is not a file", "point `path` at a file"),
+            ("type = \"generator\"\nrate = 0", "type = \"filter\"\nwhere = \"true\"", "`rate` must be a positive number of records per second, found 0", "write e.g. `rate = 10000`"),
+            ("type = \"generator\"\nfields = {}", "type = \"filter\"\nwhere = \"true\"", "`fields` is empty", "add at least one field"),
+            ("type = \"generator\"\nfields = { a = 1 }", "type = \"filter\"\nwhere = \"true\"", "`fields.a` in source `src` must be a string, found an integer", "write it like"),
+            ("type = \"stdin\"\nparallelism = 2", "type = \"filter\"\nwhere = \"true\"", "a stdin source has parallelism 1", "remove `parallelism`"),
+            ("type = \"generator\"\ninput = \"x\"", "type = \"filter\"\nwhere = \"true\"", "source `src` cannot have an `input`", "sources read no stream"),
+            (gen, "type = \"map\"", "operator `op` changes nothing", "add `select`, `drop`, `set` or `rename`"),
+            (gen, "type = \"map\"\nselect = [\"a\"]\ndrop = [\"s\"]", "`select` and `drop` together", "use `select` to keep"),
+            (gen, "type = \"map\"\nselect = [\"bbb\"]", "operator `op` reads field `bbb` (in `select`), but the records from `src` have `a`, `s`", "name one of the fields of `src`: `a`, `s`"),
+            (gen, "type = \"map\"\nset = { t = \"random_int(1, 2)\" }", "invalid expression in `set.t`: `random_int` is only available in generator fields", "fields are bare names"),
+            (gen, "type = \"flat_map\"\nfield = \"s\"\nmode = \"separator\"", "mode = \"separator\" needs a `separator`", "add e.g. `separator = \",\"`"),
+            (gen, "type = \"flat_map\"\nfield = \"s\"\nmode = \"words\"\nseparator = \",\"", "`separator` does not apply to mode = \"words\"", "remove `separator`"),
+            (gen, "type = \"flat_map\"\nfield = \"s\"\nmode = \"chars\"", "unknown split mode `chars`", "use one of: whitespace, words, separator"),
+            (gen, "type = \"key_by\"\nkey = []", "`key` is empty", "name at least one field"),
+            (gen, "type = \"key_by\"\nkey = \"a\"\nparallelism = 2", "key_by has no parallelism of its own", "key_by only partitions the stream"),
+            (gen, "type = \"filter\"\nwhere = \"a > 1\"\ninput = \"src\"\ninputs = [\"src\"]", "", ""),
+        ];
+        for (source, operator, message, fix) in cases {
+            let text = one_op(source, operator);
+            let result = parse_str(&text, dir.path(), "t.toml");
+            if message.is_empty() {
+                // A duplicate TOML key is a syntax error.
+                let e = result.unwrap_err();
+                assert!(e.message.starts_with("TOML syntax error"), "{e}");
+                continue;
+            }
+            let e = result
+                .err()
+                .unwrap_or_else(|| panic!("no error for:\n{text}"));
+            assert_eq!(e.message, *message, "for:\n{text}\n{e}");
+            let fix_line = e.to_string().lines().last().unwrap().trim().to_string();
+            assert!(fix_line.starts_with(&format!("fix: {fix}")), "{fix_line}");
+            assert!(e.line_col.is_some(), "{e}");
+        }
+    }
+
+    #[test]
+    fn field_inference_follows_the_graph() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.csv"), "name,qty\nx,1\n").unwrap();
+        std::fs::write(dir.path().join("in.json"), "{\"z\":1}\n").unwrap();
+        let ok = |source: &str, operator: &str| {
+            parse_str(&one_op(source, operator), dir.path(), "t.toml")
+        };
+        // CSV header names the fields.
+        assert!(ok(
+            "type = \"file\"\npath = \"in.csv\"",
+            "type = \"filter\"\nwhere = \"qty > 0\""
+        )
+        .is_ok());
+        let e = ok(
+            "type = \"file\"\npath = \"in.csv\"",
+            "type = \"filter\"\nwhere = \"qtty > 0\"",
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "operator `op` reads field `qtty` (in `where`), but the records from `src` have `name`, `qty`");
+        // `columns` override the header.
+        let e = ok(
+            "type = \"file\"\npath = \"in.csv\"\ncolumns = [\"n\", \"q\"]",
+            "type = \"filter\"\nwhere = \"qty > 0\"",
+        )
+        .unwrap_err();
+        assert!(e.message.ends_with("have `n`, `q`"), "{e}");
+        // JSON fields are unknown until run time: no check.
+        assert!(ok(
+            "type = \"file\"\npath = \"in.json\"",
+            "type = \"filter\"\nwhere = \"anything > 0\""
+        )
+        .is_ok());
+        // Text has one field, named by `field`.
+        let e = ok(
+            "type = \"file\"\npath = \"in.json\"\nformat = \"text\"\nfield = \"l\"",
+            "type = \"flat_map\"\nfield = \"line\"",
+        )
+        .unwrap_err();
+        assert!(e.message.ends_with("have `l`"), "{e}");
+        // flat_map without keep emits only its output, even after unknown input.
+        let text = "[[source]]\nid = \"src\"\ntype = \"file\"\npath = \"in.json\"\n\n[[operator]]\nid = \"split\"\ntype = \"flat_map\"\ninput = \"src\"\nfield = \"z\"\noutput = \"tok\"\n\n[[operator]]\nid = \"f\"\ntype = \"filter\"\ninput = \"split\"\nwhere = \"z == 1\"\n\n[[sink]]\nid = \"out\"\ntype = \"null\"\ninput = \"f\"\n";
+        let e = parse_str(text, dir.path(), "t.toml").unwrap_err();
+        assert_eq!(
+            e.message,
+            "operator `f` reads field `z` (in `where`), but the records from `split` have `tok`"
+        );
+        // Aggregates emit the key fields and their output.
+        let text = OK.to_string()
+            + "\n[[operator]]\nid = \"f\"\ntype = \"filter\"\ninput = \"count\"\nwhere = \"word != '' and count > 0 and sum > 0\"\n"
+            + "\n[[sink]]\nid = \"check\"\ntype = \"null\"\ninput = \"f\"\n";
+        let e = parse_str(&text, Path::new("."), "t.toml").unwrap_err();
+        assert_eq!(e.message, "operator `f` reads field `sum` (in `where`), but the records from `count` have `word`, `count`");
+    }
 }
