@@ -166,6 +166,9 @@ fn write_float(f: f64, out: &mut String, json: bool) {
     } else if f.fract() == 0.0 && f.abs() < 1e16 {
         // Keep a ".0" so the value reads back as a float.
         let _ = write!(out, "{f:.1}");
+    } else if f.fract() == 0.0 {
+        // Large integral floats in exponent form (1e20), not as 21 digits of an int.
+        let _ = write!(out, "{f:e}");
     } else {
         let _ = write!(out, "{f}");
     }
@@ -786,5 +789,8 @@ mod tests {
         s.push(' ');
         Value::Float(f64::INFINITY).write_json(&mut s);
         assert_eq!(s, "2.0 null");
+        let big = Record::from_pairs([("x", Value::Float(1e20)), ("y", Value::Float(-2.5e-7))]);
+        assert_eq!(big.to_json(), r#"{"x":1e20,"y":-0.00000025}"#);
+        assert_eq!(Record::from_json(&big.to_json()).unwrap(), big);
     }
 }
