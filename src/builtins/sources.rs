@@ -313,7 +313,6 @@ type LineResult = Result<Vec<u8>, String>;
 /// A reader thread fills a bounded channel with lines; `poll` takes what is there
 /// and returns `Pending` when it is empty, so the actor never blocks on stdin.
 pub struct StdinSource {
-    spec: Arc<StdinSpec>,
     decoder: Decoder,
     bad: BadRecords,
     input: Option<Box<dyn Read + Send>>,
@@ -342,7 +341,6 @@ impl StdinSource {
         StdinSource {
             decoder: Decoder::new(spec.decode.clone()),
             bad: BadRecords::new(&info.operator, spec.on_error.clone(), dead_letter, stats),
-            spec,
             input: Some(input),
             lines: None,
             line: 0,
@@ -391,7 +389,6 @@ impl Source for StdinSource {
         let Some(rx) = self.lines.as_ref() else {
             anyhow::bail!("the stdin source was polled before it was opened");
         };
-        let _ = &self.spec;
         let mut emitted = 0;
         while emitted < max {
             let buf = match rx.try_recv() {
