@@ -68,8 +68,9 @@
 //!
 //! CSV without a schema infers types (empty → null, `true`/`false`, integers, floats,
 //! else strings); with a schema, declared fields are converted and checked and other
-//! columns stay strings. Blank lines of CSV and JSON input carry no record. With `header = false` and no `columns`, CSV fields are named
-//! `c0`, `c1`, …. A quoted CSV field cannot span lines. JSON lines keep nested
+//! columns stay strings. Blank lines of CSV and JSON input carry no record. With
+//! `header = false` and no `columns`, CSV fields are named `c0`, `c1`, …. A quoted
+//! CSV field cannot span lines. JSON lines keep nested
 //! arrays/objects as their JSON text.
 //!
 //! **Bad records** (an unparseable line, a missing or mistyped schema field, invalid
@@ -78,7 +79,10 @@
 //! - `skip`: the record is counted (shown in the run summary) and logged (warnings
 //!   rate-limited to one per second per subtask);
 //! - `dead_letter`: one JSON line per bad record goes to `dead_letter_path`:
-//!   `{"source":"orders","location":"data/orders.csv:6","reason":"field `quantity` should be an int, found \"x\"","record":"5,bob,widget,x,2.50"}`.
+//!
+//! ```text
+//! {"source":"orders","location":"data/orders.csv:6","reason":"field `quantity` should be an int, found \"x\"","record":"5,bob,widget,x,2.50"}
+//! ```
 //!
 //! ### Operators
 //!
@@ -139,9 +143,13 @@
 //! string), keyed aggregations without a `key_by`, outputs that would overwrite an
 //! input or each other, and fields a node names that its input does not carry (where
 //! the topology tells which fields flow: generators, text, CSV with a header or
-//! `columns`, and everything downstream of them; JSON input is checked per record). A job that fails while running
+//! `columns`, and everything downstream of them; JSON input is checked per record).
+//! A job that fails while running
 //! (bad record under `fail`, an operator error) exits with 1:
-//! `error: job `t` failed: operator ratio (subtask 0) failed: division by zero in `3 / 0`, in `a / b``.
+//!
+//! ```text
+//! error: job `t` failed: operator ratio (subtask 0) failed: division by zero in `3 / 0`, in `a / b`
+//! ```
 //!
 //! `weir run` prints a summary on stderr (per operator: parallelism, records in/out,
 //! rate; bad records skipped or dead-lettered) and, when stderr is a terminal, a
