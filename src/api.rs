@@ -28,7 +28,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use weir_actors::{
     Context, Data, JobConfig, JobError, JobGraph, JobMetrics, JobReport, Key, KeyedOperator,
-    NodeDescription, NodeId, Operator, Partitioning, Sink, Source, SubtaskInfo,
+    NodeDescription, NodeId, Operator, Partitioning, Sink, Source, SubtaskInfo, WatermarkStrategy,
 };
 
 /// A job being built; `run` executes it.
@@ -49,6 +49,21 @@ impl StreamJob {
         make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
     ) -> DataStream<S::Out> {
         let node = self.graph.borrow_mut().add_source(name, make);
+        DataStream::new(self.graph.clone(), node, Partitioning::default_for_edge())
+    }
+
+    /// A source whose records carry event times; it emits watermarks as `strategy`
+    /// says, and operators downstream see them in `on_watermark`.
+    pub fn source_with_watermarks<S: Source>(
+        &self,
+        name: &str,
+        strategy: WatermarkStrategy<S::Out>,
+        make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    ) -> DataStream<S::Out> {
+        let node = self
+            .graph
+            .borrow_mut()
+            .add_source_with_watermarks(name, strategy, make);
         DataStream::new(self.graph.clone(), node, Partitioning::default_for_edge())
     }
 

@@ -7,8 +7,9 @@ pub mod api;
 
 pub use api::{DataStream, KeyedStream, StreamJob, UnionStream};
 pub use weir_actors::{
-    Context, Data, JobConfig, JobError, JobMetrics, JobReport, Key, KeyedOperator, NodeDescription,
-    Operator, OperatorReport, Sink, Source, SourcePoll, SubtaskInfo,
+    Context, Data, EventTime, JobConfig, JobError, JobMetrics, JobReport, Key, KeyedOperator,
+    NodeDescription, Operator, OperatorReport, Sink, Source, SourcePoll, SubtaskInfo,
+    WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
 };
 pub mod builtins;
 pub mod cli;

@@ -16,6 +16,11 @@ use std::collections::VecDeque;
 #[derive(Debug)]
 pub enum ChannelEvent<B> {
     Batch(B),
+    /// No record with an event time at or before this will follow on the channel.
+    Watermark(crate::time::watermarks::EventTime),
+    /// The channel's source has (no longer) nothing to send: don't wait for its
+    /// watermark.
+    Idle(bool),
     EndOfInput,
 }
 
@@ -78,7 +83,7 @@ mod tests {
         channel.take_sendable(|e| {
             sent.push(match e {
                 ChannelEvent::Batch(b) => Some(b),
-                ChannelEvent::EndOfInput => None,
+                _ => None,
             })
         });
         sent

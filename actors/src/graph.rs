@@ -12,9 +12,11 @@ use crate::stage::{
     guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage, SinkStage,
     SourceHead, SourceStage, StageCore, Tee, TypedHead,
 };
+use crate::time::generator::{WatermarkGenerator, WatermarkStrategy};
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Instant;
 use weir_state::key_group::hash_key;
 
 /// A node of the graph, as returned when it is added.
@@ -176,7 +178,7 @@ fn make<X>(factory: &Factory<X>, info: &SubtaskInfo) -> Result<X, StageError> {
     guarded(info, || Ok(factory(info)))
 }
 
-struct SourceSpec<S: Source>(Factory<S>);
+struct SourceSpec<S: Source>(Factory<S>, Option<WatermarkStrategy<S::Out>>);
 struct OperatorSpec<O: Operator>(Factory<O>);
 struct KeyedSpec<O: KeyedOperator>(Factory<O>, KeyFn<O::In, O::Key>);
 struct SinkSpec<S: Sink>(Factory<S>);
@@ -203,9 +205,14 @@ impl<S: Source> NodeSpec for SourceSpec<S> {
     ) -> Result<Built, StageError> {
         let source = make(&self.0, &info)?;
         let next = take_input::<S::Out>(next.expect("a source feeds something"));
+        let watermarks = self
+            .1
+            .clone()
+            .map(|strategy| WatermarkGenerator::new(strategy, Instant::now()));
         Ok(Built::Source(Box::new(SourceStage {
             source,
             core: StageCore::new(info, counters, next),
+            watermarks,
         })))
     }
 }
@@ -358,7 +365,21 @@ impl JobGraph {
         name: &str,
         make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
     ) -> NodeId {
-        self.add(name, Arc::new(SourceSpec::<S>(Arc::new(make))))
+        self.add(name, Arc::new(SourceSpec::<S>(Arc::new(make), None)))
+    }
+
+    /// A source whose records carry event times: it emits watermarks (and idleness)
+    /// as `strategy` says.
+    pub fn add_source_with_watermarks<S: Source>(
+        &mut self,
+        name: &str,
+        strategy: WatermarkStrategy<S::Out>,
+        make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    ) -> NodeId {
+        self.add(
+            name,
+            Arc::new(SourceSpec::<S>(Arc::new(make), Some(strategy))),
+        )
     }
 
     pub fn add_operator<O: Operator>(

@@ -17,11 +17,14 @@ pub mod plan;
 pub mod sink;
 mod stage;
 mod subtask;
+pub mod time;
 
 pub use config::JobConfig;
 pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
-    Context, Data, Key, KeyedOperator, Operator, Sink, Source, SourcePoll, SubtaskInfo,
+    Context, Data, EventTime, Key, KeyedOperator, Operator, Sink, Source, SourcePoll, SubtaskInfo,
+    MAX_WATERMARK, MIN_WATERMARK,
 };
+pub use time::generator::WatermarkStrategy;

@@ -11,6 +11,8 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::time::watermarks::{EventTime, MAX_WATERMARK, MIN_WATERMARK};
+
 /// What can travel as a record: owned, cloneable (for fan-out), sendable across
 /// threads and serializable (for keys, channel state and savepoints).
 pub trait Data: Clone + Send + Serialize + DeserializeOwned + 'static {}
@@ -53,11 +55,27 @@ impl std::fmt::Display for SubtaskInfo {
 pub struct Context<'a, Out> {
     out: &'a mut Vec<Out>,
     info: &'a SubtaskInfo,
+    watermark: EventTime,
 }
 
 impl<'a, Out> Context<'a, Out> {
     pub fn new(out: &'a mut Vec<Out>, info: &'a SubtaskInfo) -> Self {
-        Context { out, info }
+        Context {
+            out,
+            info,
+            watermark: MIN_WATERMARK,
+        }
+    }
+
+    pub fn with_watermark(mut self, watermark: EventTime) -> Self {
+        self.watermark = watermark;
+        self
+    }
+
+    /// The subtask's event-time watermark: no record at or before it is expected
+    /// ([`MIN_WATERMARK`] before the first one).
+    pub fn current_watermark(&self) -> EventTime {
+        self.watermark
     }
 
     /// Send a record downstream.
@@ -83,6 +101,15 @@ pub trait Operator: Send + 'static {
     fn process(&mut self, record: Self::In, ctx: &mut Context<'_, Self::Out>)
         -> anyhow::Result<()>;
 
+    /// The event-time watermark advanced (to [`MAX_WATERMARK`] at the end of input).
+    fn on_watermark(
+        &mut self,
+        _watermark: EventTime,
+        _ctx: &mut Context<'_, Self::Out>,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Called once when every input has ended, before end-of-input travels downstream.
     fn finish(&mut self, _ctx: &mut Context<'_, Self::Out>) -> anyhow::Result<()> {
         Ok(())
@@ -106,6 +133,15 @@ pub trait KeyedOperator: Send + 'static {
         record: Self::In,
         ctx: &mut Context<'_, Self::Out>,
     ) -> anyhow::Result<()>;
+
+    /// The event-time watermark advanced (to [`MAX_WATERMARK`] at the end of input).
+    fn on_watermark(
+        &mut self,
+        _watermark: EventTime,
+        _ctx: &mut Context<'_, Self::Out>,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     fn finish(&mut self, _ctx: &mut Context<'_, Self::Out>) -> anyhow::Result<()> {
         Ok(())

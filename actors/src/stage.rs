@@ -5,23 +5,31 @@
 //! batch; a network output at the end partitions into per-receiver batches. Records
 //! are erased to `Box<dyn Any>` only where they cross between actors ([`InputHead`]).
 //! User code runs under `catch_unwind` once per batch; a failure is attributed to the
-//! operator and subtask it happened in.
+//! operator and subtask it happened in. Watermarks and idleness pass down the chain
+//! after the records that precede them.
 
 use crate::error::{panic_message, StageError};
 use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
 use crate::network::{AnyBatch, Network};
 use crate::operator::{
-    Context, Data, KeyFn, KeyedOperator, Operator, Sink, Source, SourcePoll, SubtaskInfo,
+    Context, Data, EventTime, KeyFn, KeyedOperator, Operator, Sink, Source, SourcePoll,
+    SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
 };
 use crate::partition::Partitioner;
+use crate::time::generator::WatermarkGenerator;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Something that takes batches of `T`.
 pub trait Input<T> {
     fn open(&mut self) -> Result<(), StageError>;
     /// Consume every record of `records` (the buffer stays for reuse).
     fn push(&mut self, records: &mut Vec<T>, net: &mut Network) -> Result<(), StageError>;
+    /// The event-time watermark advanced.
+    fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError>;
+    /// The input became idle (or active again).
+    fn on_idle(&mut self, idle: bool, net: &mut Network);
     /// Send partly filled network batches.
     fn flush(&mut self, net: &mut Network);
     /// Every input has ended.
@@ -98,6 +106,7 @@ pub struct StageCore<Out> {
     pub counters: Arc<OperatorCounters>,
     pub out: Vec<Out>,
     pub next: BoxedInput<Out>,
+    pub watermark: EventTime,
 }
 
 impl<Out> StageCore<Out> {
@@ -107,15 +116,46 @@ impl<Out> StageCore<Out> {
             counters,
             out: Vec::new(),
             next,
+            watermark: MIN_WATERMARK,
         }
     }
 
-    fn emit_downstream(&mut self, net: &mut Network) -> Result<(), StageError> {
+    /// Runs user code with a context, then hands what it emitted downstream.
+    fn run(
+        &mut self,
+        net: &mut Network,
+        f: impl FnOnce(&mut Context<'_, Out>) -> anyhow::Result<()>,
+    ) -> Result<(), StageError> {
+        let (out, info, watermark) = (&mut self.out, &self.info, self.watermark);
+        guarded(info, || {
+            f(&mut Context::new(out, info).with_watermark(watermark))
+        })?;
         if self.out.is_empty() {
             return Ok(());
         }
         self.counters.add_out(self.out.len());
         self.next.push(&mut self.out, net)
+    }
+
+    /// The watermark reaches user code (`f`), then the rest of the chain.
+    fn advance(
+        &mut self,
+        watermark: EventTime,
+        net: &mut Network,
+        f: impl FnOnce(&mut Context<'_, Out>) -> anyhow::Result<()>,
+    ) -> Result<(), StageError> {
+        self.watermark = watermark;
+        self.run(net, f)?;
+        self.next.on_watermark(watermark, net)
+    }
+
+    fn end(
+        &mut self,
+        net: &mut Network,
+        f: impl FnOnce(&mut Context<'_, Out>) -> anyhow::Result<()>,
+    ) -> Result<(), StageError> {
+        self.run(net, f)?;
+        self.next.finish(net)
     }
 }
 
@@ -132,17 +172,23 @@ impl<O: Operator> Input<O::In> for OperatorStage<O> {
     }
 
     fn push(&mut self, records: &mut Vec<O::In>, net: &mut Network) -> Result<(), StageError> {
-        let core = &mut self.core;
-        core.counters.add_in(records.len());
+        self.core.counters.add_in(records.len());
         let op = &mut self.op;
-        guarded(&core.info, || {
-            let mut ctx = Context::new(&mut core.out, &core.info);
-            for record in records.drain(..) {
-                op.process(record, &mut ctx)?;
-            }
-            Ok(())
-        })?;
-        core.emit_downstream(net)
+        self.core.run(net, |ctx| {
+            records
+                .drain(..)
+                .try_for_each(|record| op.process(record, ctx))
+        })
+    }
+
+    fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
+        let op = &mut self.op;
+        self.core
+            .advance(watermark, net, |ctx| op.on_watermark(watermark, ctx))
+    }
+
+    fn on_idle(&mut self, idle: bool, net: &mut Network) {
+        self.core.next.on_idle(idle, net)
     }
 
     fn flush(&mut self, net: &mut Network) {
@@ -150,13 +196,8 @@ impl<O: Operator> Input<O::In> for OperatorStage<O> {
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
-        let core = &mut self.core;
         let op = &mut self.op;
-        guarded(&core.info, || {
-            op.finish(&mut Context::new(&mut core.out, &core.info))
-        })?;
-        core.emit_downstream(net)?;
-        core.next.finish(net)
+        self.core.end(net, |ctx| op.finish(ctx))
     }
 }
 
@@ -174,18 +215,24 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
     }
 
     fn push(&mut self, records: &mut Vec<O::In>, net: &mut Network) -> Result<(), StageError> {
-        let core = &mut self.core;
-        core.counters.add_in(records.len());
+        self.core.counters.add_in(records.len());
         let (op, key_of) = (&mut self.op, &self.key_of);
-        guarded(&core.info, || {
-            let mut ctx = Context::new(&mut core.out, &core.info);
-            for record in records.drain(..) {
+        self.core.run(net, |ctx| {
+            records.drain(..).try_for_each(|record| {
                 let key = key_of(&record);
-                op.process(&key, record, &mut ctx)?;
-            }
-            Ok(())
-        })?;
-        core.emit_downstream(net)
+                op.process(&key, record, ctx)
+            })
+        })
+    }
+
+    fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
+        let op = &mut self.op;
+        self.core
+            .advance(watermark, net, |ctx| op.on_watermark(watermark, ctx))
+    }
+
+    fn on_idle(&mut self, idle: bool, net: &mut Network) {
+        self.core.next.on_idle(idle, net)
     }
 
     fn flush(&mut self, net: &mut Network) {
@@ -193,13 +240,8 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
-        let core = &mut self.core;
         let op = &mut self.op;
-        guarded(&core.info, || {
-            op.finish(&mut Context::new(&mut core.out, &core.info))
-        })?;
-        core.emit_downstream(net)?;
-        core.next.finish(net)
+        self.core.end(net, |ctx| op.finish(ctx))
     }
 }
 
@@ -222,6 +264,16 @@ impl<S: Sink> Input<S::In> for SinkStage<S> {
             records.drain(..).try_for_each(|r| sink.write(r))
         })
     }
+
+    fn on_watermark(
+        &mut self,
+        _watermark: EventTime,
+        _net: &mut Network,
+    ) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn on_idle(&mut self, _idle: bool, _net: &mut Network) {}
 
     fn flush(&mut self, _net: &mut Network) {}
 
@@ -271,6 +323,14 @@ impl<T: Data> NetworkOutput<T> {
             self.send_buffer(receiver, net);
         }
     }
+
+    /// An event on every channel, behind the records buffered before it.
+    fn send_to_all(&mut self, net: &mut Network, event: impl Fn() -> ChannelEvent<AnyBatch>) {
+        self.flush(net);
+        for receiver in 0..self.buffers.len() {
+            net.send(self.first_channel + receiver, event());
+        }
+    }
 }
 
 impl<T: Data> Input<T> for NetworkOutput<T> {
@@ -297,6 +357,15 @@ impl<T: Data> Input<T> for NetworkOutput<T> {
         Ok(())
     }
 
+    fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
+        self.send_to_all(net, || ChannelEvent::Watermark(watermark));
+        Ok(())
+    }
+
+    fn on_idle(&mut self, idle: bool, net: &mut Network) {
+        self.send_to_all(net, || ChannelEvent::Idle(idle));
+    }
+
     fn flush(&mut self, net: &mut Network) {
         for receiver in 0..self.buffers.len() {
             if !self.buffers[receiver].is_empty() {
@@ -306,10 +375,7 @@ impl<T: Data> Input<T> for NetworkOutput<T> {
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
-        self.flush(net);
-        for receiver in 0..self.buffers.len() {
-            net.send(self.first_channel + receiver, ChannelEvent::EndOfInput);
-        }
+        self.send_to_all(net, || ChannelEvent::EndOfInput);
         Ok(())
     }
 }
@@ -343,6 +409,16 @@ impl<T: Data> Input<T> for Tee<T> {
         last.push(records, net)
     }
 
+    fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
+        self.outputs
+            .iter_mut()
+            .try_for_each(|o| o.on_watermark(watermark, net))
+    }
+
+    fn on_idle(&mut self, idle: bool, net: &mut Network) {
+        self.outputs.iter_mut().for_each(|o| o.on_idle(idle, net));
+    }
+
     fn flush(&mut self, net: &mut Network) {
         self.outputs.iter_mut().for_each(|o| o.flush(net));
     }
@@ -356,6 +432,8 @@ impl<T: Data> Input<T> for Tee<T> {
 pub trait InputHead {
     fn open(&mut self) -> Result<(), StageError>;
     fn push_batch(&mut self, batch: AnyBatch, net: &mut Network) -> Result<(), StageError>;
+    fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError>;
+    fn on_idle(&mut self, idle: bool, net: &mut Network);
     fn flush(&mut self, net: &mut Network);
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError>;
 }
@@ -372,6 +450,14 @@ impl<T: Data> InputHead for TypedHead<T> {
             .downcast::<Vec<T>>()
             .expect("edge types are checked when the graph is planned");
         self.0.push(&mut records, net)
+    }
+
+    fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
+        self.0.on_watermark(watermark, net)
+    }
+
+    fn on_idle(&mut self, idle: bool, net: &mut Network) {
+        self.0.on_idle(idle, net)
     }
 
     fn flush(&mut self, net: &mut Network) {
@@ -394,6 +480,8 @@ pub trait SourceHead {
 pub struct SourceStage<S: Source> {
     pub source: S,
     pub core: StageCore<S::Out>,
+    /// Assigns watermarks (and idleness) from the records' event times.
+    pub watermarks: Option<WatermarkGenerator<S::Out>>,
 }
 
 impl<S: Source> SourceHead for SourceStage<S> {
@@ -409,7 +497,28 @@ impl<S: Source> SourceHead for SourceStage<S> {
         let status = guarded(&core.info, || {
             source.poll(&mut Context::new(&mut core.out, &core.info), max)
         })?;
-        core.emit_downstream(net)?;
+        let Some(generator) = self.watermarks.as_mut() else {
+            if !core.out.is_empty() {
+                core.counters.add_out(core.out.len());
+                core.next.push(&mut core.out, net)?;
+            }
+            return Ok(status);
+        };
+        let now = Instant::now();
+        let update = guarded(&core.info, || generator.observe(&core.out, now))?;
+        if update.active_again {
+            core.next.on_idle(false, net);
+        }
+        if !core.out.is_empty() {
+            core.counters.add_out(core.out.len());
+            core.next.push(&mut core.out, net)?;
+        }
+        if let Some(watermark) = update.watermark {
+            core.next.on_watermark(watermark, net)?;
+        }
+        if update.idle {
+            core.next.on_idle(true, net);
+        }
         Ok(status)
     }
 
@@ -418,6 +527,8 @@ impl<S: Source> SourceHead for SourceStage<S> {
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
+        // The end of the input is the end of event time: every timer downstream fires.
+        self.core.next.on_watermark(MAX_WATERMARK, net)?;
         self.core.next.finish(net)
     }
 }

@@ -15,6 +15,7 @@ use crate::job::{JobMaster, SubtaskFailed, SubtaskFinished};
 use crate::network::{AnyBatch, Credit, Deliver, InputSource, Network, OutputTarget};
 use crate::operator::SourcePoll;
 use crate::stage::{InputHead, SourceHead};
+use crate::time::watermarks::{WatermarkOutput, WatermarkTracker};
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ pub(crate) struct SubtaskActor {
     net: Network,
     inputs: Vec<InputSource>,
     gate: InputGate<ChannelEvent<AnyBatch>>,
+    watermarks: WatermarkTracker,
     ended_inputs: usize,
     master: Addr<JobMaster>,
     phase: Phase,
@@ -68,6 +70,7 @@ impl SubtaskActor {
             net: Network::new(Vec::new(), 1),
             inputs: Vec::new(),
             gate: InputGate::new(0),
+            watermarks: WatermarkTracker::new(0),
             ended_inputs: 0,
             master,
             phase: Phase::Created,
@@ -139,7 +142,20 @@ impl SubtaskActor {
                     });
                     Ok(true)
                 }
-                Some((_, ChannelEvent::EndOfInput)) => {
+                Some((channel, ChannelEvent::Watermark(watermark))) => {
+                    forward_watermarks(
+                        input,
+                        self.watermarks.on_watermark(channel, watermark),
+                        net,
+                    )?;
+                    Ok(true)
+                }
+                Some((channel, ChannelEvent::Idle(idle))) => {
+                    forward_watermarks(input, self.watermarks.on_idle(channel, idle), net)?;
+                    Ok(true)
+                }
+                Some((channel, ChannelEvent::EndOfInput)) => {
+                    forward_watermarks(input, self.watermarks.on_end_of_input(channel), net)?;
                     self.ended_inputs += 1;
                     if self.ended_inputs == self.inputs.len() {
                         self.finish_chain(ctx)?;
@@ -197,6 +213,20 @@ impl SubtaskActor {
     }
 }
 
+fn forward_watermarks(
+    input: &mut Box<dyn InputHead>,
+    outputs: Vec<WatermarkOutput>,
+    net: &mut Network,
+) -> Result<(), StageError> {
+    for output in outputs {
+        match output {
+            WatermarkOutput::Advance(watermark) => input.on_watermark(watermark, net)?,
+            WatermarkOutput::Idle(idle) => input.on_idle(idle, net),
+        }
+    }
+    Ok(())
+}
+
 impl Actor for SubtaskActor {
     type Context = Context<Self>;
 }
@@ -241,6 +271,7 @@ impl Handler<Wire> for SubtaskActor {
     fn handle(&mut self, wire: Wire, _ctx: &mut Context<Self>) {
         self.net = Network::new(wire.outputs, self.channel_capacity);
         self.gate = InputGate::new(wire.inputs.len());
+        self.watermarks = WatermarkTracker::new(wire.inputs.len());
         self.inputs = wire.inputs;
     }
 }
