@@ -154,11 +154,15 @@ impl<K: StateKey, N: StateKey, S: Stored> Table<K, N, S> {
         }
     }
 
+    #[inline]
     fn group_mut(&mut self, idx: usize) -> &mut FxMap<(K, N), S> {
         if self.shared[idx] {
+            // First write since a snapshot froze this group: copy it if the snapshot
+            // still holds it; from now on the map is ours alone.
             self.shared[idx] = false;
+            return Arc::make_mut(&mut self.groups[idx]);
         }
-        Arc::make_mut(&mut self.groups[idx])
+        Arc::get_mut(&mut self.groups[idx]).expect("an unshared group has exactly one owner")
     }
 }
 
@@ -289,6 +293,7 @@ impl<K: StateKey> MemoryBackend<K> {
         Ok(backend)
     }
 
+    #[inline]
     fn parts(&mut self, id: StateId) -> Result<Parts<'_, K>> {
         let (key, _) = self.current.as_ref().ok_or(StateError::NoCurrentKey)?;
         Ok((
@@ -338,17 +343,21 @@ impl<K: StateKey> MemoryBackend<K> {
     }
 }
 
+#[inline]
 fn typed<K: StateKey, N: StateKey, S: Stored>(
     table: &mut Box<dyn ErasedTable<K>>,
 ) -> Result<&mut Table<K, N, S>> {
-    let name = table.meta().name.clone();
-    table
-        .as_any_mut()
-        .downcast_mut::<Table<K, N, S>>()
-        .ok_or(StateError::Registration {
-            name,
+    if table.as_any_mut().is::<Table<K, N, S>>() {
+        Ok(table
+            .as_any_mut()
+            .downcast_mut::<Table<K, N, S>>()
+            .expect("checked"))
+    } else {
+        Err(StateError::Registration {
+            name: table.meta().name.clone(),
             reason: "accessed with a different type than registered".into(),
         })
+    }
 }
 
 fn ttl_now(config: &KeyedBackendConfig, ttl: Option<&TtlConfig>) -> u64 {

@@ -29,13 +29,14 @@ use crate::key_group::{KeyGroup, KeyGroupRange};
 use crate::kg_file::{read_key_groups, KeyGroupsWriter, RawEntry};
 use crate::storage::{checkpoint_dir, CheckpointStorage};
 use crate::timers::{timer_metas, TimerService, TimerSnapshot};
-use crate::ttl::{is_expired, refreshes_on_read, TtlConfig};
+use crate::ttl::{is_expired, refreshes_on_read, Clock, TtlConfig};
 use crate::value::{
     decode, decode_concatenated, encode, encode_into, Stamped, StateKey, StateValue,
 };
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    IteratorMode, MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    compaction_filter::Decision as CompactionDecision, BlockBasedOptions, Cache, ColumnFamily,
+    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, MergeOperands, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,8 +76,25 @@ fn db_options() -> Options {
     o
 }
 
-fn cf_options(opts: &RocksDbOptions, cache: &Cache) -> Options {
+/// Column-family options; `ttl` (the state's meta and the backend's clock) adds a
+/// compaction filter that drops expired values and map entries, so TTL'd state that
+/// is never read again does not live forever in SST files. Lists keep per-element
+/// stamps inside one value and are cleaned on read instead.
+fn cf_options(opts: &RocksDbOptions, cache: &Cache, ttl: Option<(&StateMeta, &Clock)>) -> Options {
     let mut o = Options::default();
+    if let Some((meta, clock)) = ttl {
+        if let (Some(cfg), true) = (meta.ttl, meta.kind != StateKind::List) {
+            let clock = clock.clone();
+            o.set_compaction_filter("weir-ttl", move |_level: u32, _key: &[u8], value: &[u8]| {
+                match postcard::take_from_bytes::<u64>(value) {
+                    Ok((ts, _)) if is_expired(Some(&cfg), ts, clock.now()) => {
+                        CompactionDecision::Remove
+                    }
+                    _ => CompactionDecision::Keep,
+                }
+            });
+        }
+    }
     o.set_write_buffer_size(opts.write_buffer_size);
     o.set_max_write_buffer_number(3);
     o.set_compression_type(DBCompressionType::None);
@@ -179,10 +197,22 @@ pub struct RocksDbBackend<K: StateKey> {
     snapshot_seq: u64,
 }
 
-fn open_db(path: &Path, opts: &RocksDbOptions, cache: &Cache, cfs: &[String]) -> Result<DB> {
+fn open_db(
+    path: &Path,
+    opts: &RocksDbOptions,
+    cache: &Cache,
+    cfs: &[String],
+    metas: &BTreeMap<String, StateMeta>,
+    clock: &Clock,
+) -> Result<DB> {
     let descriptors: Vec<_> = cfs
         .iter()
-        .map(|n| ColumnFamilyDescriptor::new(n, cf_options(opts, cache)))
+        .map(|n| {
+            ColumnFamilyDescriptor::new(
+                n,
+                cf_options(opts, cache, metas.get(n).map(|m| (m, clock))),
+            )
+        })
         .collect();
     Ok(DB::open_cf_descriptors(&db_options(), path, descriptors)?)
 }
@@ -228,9 +258,9 @@ impl<K: StateKey> RocksDbBackend<K> {
             uploads.base = h.shared.iter().cloned().collect();
             known.extend(h.states.iter().map(|m| (m.name.clone(), m.clone())));
             let cfs = DB::list_cf(&Options::default(), &db_path)?;
-            open_db(&db_path, &opts, &cache, &cfs)?
+            open_db(&db_path, &opts, &cache, &cfs, &known, &config.clock)?
         } else {
-            let mut db = open_db(&db_path, &opts, &cache, &[])?;
+            let mut db = open_db(&db_path, &opts, &cache, &[], &known, &config.clock)?;
             let mut write_opts = WriteOptions::default();
             write_opts.disable_wal(true);
             let mut batch = WriteBatch::default();
@@ -241,7 +271,10 @@ impl<K: StateKey> RocksDbBackend<K> {
                 }
                 if !known.contains_key(&meta.name) {
                     db.write_opt(std::mem::take(&mut batch), &write_opts)?;
-                    db.create_cf(&meta.name, &cf_options(&opts, &cache))?;
+                    db.create_cf(
+                        &meta.name,
+                        &cf_options(&opts, &cache, Some((meta, &config.clock))),
+                    )?;
                     known.insert(meta.name.clone(), meta.clone());
                 }
                 let cf = db.cf_handle(&meta.name).expect("created above");
@@ -298,9 +331,10 @@ impl<K: StateKey> RocksDbBackend<K> {
                 })
             }
             Some(_) => {}
-            None => self
-                .db
-                .create_cf(&meta.name, &cf_options(&self.opts, &self.cache))?,
+            None => self.db.create_cf(
+                &meta.name,
+                &cf_options(&self.opts, &self.cache, Some((&meta, &self.config.clock))),
+            )?,
         }
         self.known.insert(meta.name.clone(), meta.clone());
         self.registered.push(meta);
@@ -402,7 +436,7 @@ fn open_checkpoint_read_only(path: &Path, opts: &RocksDbOptions, cache: &Cache) 
     let cfs = DB::list_cf(&Options::default(), path)?;
     let descriptors: Vec<_> = cfs
         .iter()
-        .map(|n| ColumnFamilyDescriptor::new(n, cf_options(opts, cache)))
+        .map(|n| ColumnFamilyDescriptor::new(n, cf_options(opts, cache, None)))
         .collect();
     Ok(DB::open_cf_descriptors_read_only(
         &Options::default(),
@@ -814,7 +848,52 @@ fn prefix_successor(prefix: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::descriptor::ValueStateDescriptor;
+    use crate::ttl::ManualClock;
     use proptest::prelude::*;
+
+    #[test]
+    fn compaction_drops_expired_values_that_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(0);
+        let config =
+            KeyedBackendConfig::new("t", KeyGroupRange::all(128), 128).with_clock(clock.clock());
+        let mut b = RocksDbBackend::<u64>::new(config, RocksDbOptions::new(dir.path())).unwrap();
+        let ttl = TtlConfig::new(std::time::Duration::from_millis(10));
+        let short = ValueStateDescriptor::<u64>::new("short")
+            .with_ttl(ttl)
+            .register(&mut b)
+            .unwrap();
+        let plain = ValueStateDescriptor::<u64>::new("plain")
+            .register(&mut b)
+            .unwrap();
+        for k in 0..100 {
+            b.set_current_key(k).unwrap();
+            short.update(&mut b, k).unwrap();
+            plain.update(&mut b, k).unwrap();
+        }
+        clock.advance(10);
+        let count = |b: &RocksDbBackend<u64>, name: &str| {
+            let cf = b.db.cf_handle(name).unwrap();
+            let mut n = 0;
+            for kg in 0..128 {
+                scan_key_group(&b.db, cf, kg, |_| {
+                    n += 1;
+                    Ok(())
+                })
+                .unwrap();
+            }
+            n
+        };
+        assert_eq!(count(&b, "short"), 100);
+        for name in ["short", "plain"] {
+            let cf = b.db.cf_handle(name).unwrap();
+            b.db.flush_cf(cf).unwrap();
+            b.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        assert_eq!(count(&b, "short"), 0);
+        assert_eq!(count(&b, "plain"), 100);
+    }
 
     proptest! {
         #[test]
