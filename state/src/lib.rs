@@ -23,6 +23,7 @@ pub mod restore;
 pub mod retention;
 pub mod rocks;
 pub mod storage;
+pub mod subtask;
 pub mod timers;
 pub mod ttl;
 pub mod value;

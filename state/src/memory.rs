@@ -347,17 +347,15 @@ impl<K: StateKey> MemoryBackend<K> {
 fn typed<K: StateKey, N: StateKey, S: Stored>(
     table: &mut Box<dyn ErasedTable<K>>,
 ) -> Result<&mut Table<K, N, S>> {
-    if table.as_any_mut().is::<Table<K, N, S>>() {
-        Ok(table
-            .as_any_mut()
-            .downcast_mut::<Table<K, N, S>>()
-            .expect("checked"))
-    } else {
-        Err(StateError::Registration {
-            name: table.meta().name.clone(),
-            reason: "accessed with a different type than registered".into(),
+    // Registration checked the types; a mismatch here means a handle from another
+    // backend instance was used with this one.
+    table
+        .as_any_mut()
+        .downcast_mut::<Table<K, N, S>>()
+        .ok_or_else(|| StateError::Registration {
+            name: String::from("(state handle)"),
+            reason: "used with a backend that registered a different state under its id".into(),
         })
-    }
 }
 
 fn ttl_now(config: &KeyedBackendConfig, ttl: Option<&TtlConfig>) -> u64 {

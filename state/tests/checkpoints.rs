@@ -353,3 +353,108 @@ fn incremental_checkpoint_uploads_only_new_files() {
         "the first checkpoint after a restore reuses the restored SST files"
     );
 }
+
+/// The flow the runtime follows: per subtask `snapshot_subtask` (sync) → run (async)
+/// → coordinator adds `_metadata` → recovery picks the latest valid checkpoint and
+/// restores keyed and operator state at a new parallelism (2 → 3).
+#[test]
+fn runtime_flow_checkpoint_and_rescaled_recovery() {
+    use weir_state::subtask::snapshot_subtask;
+    let env = Env::new();
+    let mut store = CompletedCheckpointStore::open(env.storage.clone(), 2).unwrap();
+    let kind = BackendKind::RocksDb(RocksDbOptions::new(env.work().join("p2")));
+    let mut subtasks = Vec::new();
+    for i in 0..2u32 {
+        let kind = match &kind {
+            BackendKind::RocksDb(o) => {
+                BackendKind::RocksDb(RocksDbOptions::new(o.working_dir.join(i.to_string())))
+            }
+            BackendKind::Memory => BackendKind::Memory,
+        };
+        let mut keyed =
+            KeyedBackend::<u64>::open(&kind, config("sum", i, 2), &[], &*env.storage).unwrap();
+        let mut ops = OperatorStateStore::new();
+        let sum = ValueStateDescriptor::<u64>::new("sum")
+            .register(&mut keyed)
+            .unwrap();
+        for key in (0..100).filter(|k| owner(*k, 2) == i) {
+            keyed.set_current_key(key).unwrap();
+            sum.update(&mut keyed, key * 3).unwrap();
+        }
+        let offsets = ops.list_state::<u64>("offsets").unwrap();
+        offsets
+            .update(&mut ops, &[u64::from(i) * 1000, u64::from(i) * 1000 + 1])
+            .unwrap();
+        subtasks.push((keyed, ops));
+    }
+    let pending: Vec<_> = subtasks
+        .iter_mut()
+        .enumerate()
+        .map(|(i, (k, o))| {
+            snapshot_subtask(
+                Some(k),
+                o,
+                1,
+                SnapshotKind::Checkpoint,
+                &format!("sum-{i}"),
+                env.storage.clone(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let snapshots = std::thread::spawn(move || {
+        pending
+            .into_iter()
+            .map(|p| p.run().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
+    let mut meta = CheckpointMetadata::new(1);
+    meta.operators.insert(
+        "sum".into(),
+        OperatorSnapshot {
+            max_parallelism: MAX_P,
+            subtasks: snapshots,
+        },
+    );
+    store.add(&meta).unwrap();
+    for (k, _) in &mut subtasks {
+        k.notify_checkpoint_complete(1);
+    }
+    drop(subtasks);
+
+    let recovered = latest_valid(&*env.storage, Verify::Files)
+        .unwrap()
+        .unwrap()
+        .metadata;
+    let op = &recovered.operators["sum"];
+    let mut offsets = Vec::new();
+    for i in 0..3u32 {
+        let kind = BackendKind::RocksDb(RocksDbOptions::new(env.work().join(format!("p3-{i}"))));
+        let mut keyed = KeyedBackend::<u64>::open(
+            &kind,
+            config("sum", i, 3),
+            &op.keyed_handles(),
+            &*env.storage,
+        )
+        .unwrap();
+        let sum = ValueStateDescriptor::<u64>::new("sum")
+            .register(&mut keyed)
+            .unwrap();
+        for key in (0..100).filter(|k| owner(*k, 3) == i) {
+            keyed.set_current_key(key).unwrap();
+            assert_eq!(sum.value(&mut keyed).unwrap(), Some(key * 3));
+        }
+        let mut ops =
+            OperatorStateStore::restore(&op.operator_handles(), i as usize, 3, &*env.storage)
+                .unwrap();
+        offsets.extend(
+            ops.list_state::<u64>("offsets")
+                .unwrap()
+                .get(&mut ops)
+                .unwrap(),
+        );
+    }
+    assert_eq!(offsets, vec![0, 1, 1000, 1001]);
+}

@@ -487,6 +487,31 @@ fn restore_reads_only_overlapping_handles<F: Factory>() {
     assert_eq!(fx.read(&mut b, key).0, Some(key * 1000 + 3));
 }
 
+fn unregistered_state_survives_snapshots<F: Factory>() {
+    let env = Env::new();
+    let mut b = single::<F>(&env);
+    let fx = Fixture::register(&mut b);
+    for key in 0..50 {
+        fx.write(&mut b, key, 5);
+    }
+    let expected: Vec<_> = (0..50).map(|k| fx.read(&mut b, k)).collect();
+    let h1 = checkpoint(&mut b, 1, &env);
+    // An operator version that only uses "value" for a while: the others must be
+    // carried through its checkpoints untouched.
+    let mut partial = F::open(config("op", 0, 1), &[h1], &*env.storage, &env.work());
+    let value = ValueStateDescriptor::<u64>::new("value")
+        .register(&mut partial)
+        .unwrap();
+    partial.set_current_key(0).unwrap();
+    assert_eq!(value.value(&mut partial).unwrap(), Some(5));
+    let h2 = checkpoint(&mut partial, 2, &env);
+    drop(partial);
+    let mut full = F::open(config("op", 0, 1), &[h2], &*env.storage, &env.work());
+    let fx = Fixture::register(&mut full);
+    let restored: Vec<_> = (0..50).map(|k| fx.read(&mut full, k)).collect();
+    assert_eq!(restored, expected);
+}
+
 macro_rules! contract_suite {
     ($backend:ident, $factory:ty) => {
         mod $backend {
@@ -530,6 +555,10 @@ macro_rules! contract_suite {
             #[test]
             fn restore_rescaling_1_3_2() {
                 super::restore_rescaling_1_3_2::<$factory>();
+            }
+            #[test]
+            fn unregistered_state_survives_snapshots() {
+                super::unregistered_state_survives_snapshots::<$factory>();
             }
             #[test]
             fn restore_reads_only_overlapping_handles() {
