@@ -26,10 +26,12 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
+use weir_actors::KeyedContext;
 use weir_actors::{
     Context, Data, JobConfig, JobError, JobGraph, JobMetrics, JobReport, Key, KeyedOperator,
     NodeDescription, NodeId, Operator, Partitioning, Sink, Source, SubtaskInfo, WatermarkStrategy,
 };
+use weir_state::{KeyedBackend, ValueState, ValueStateDescriptor};
 
 /// A job being built; `run` executes it.
 pub struct StreamJob {
@@ -289,15 +291,15 @@ impl<T: Data, K: Key> KeyedStream<T, K> {
     }
 
     /// Folds each key's records with `f` and emits the updated value per record.
-    pub fn reduce(
-        self,
-        name: &str,
-        f: impl Fn(&T, T) -> T + Send + Sync + 'static,
-    ) -> DataStream<T> {
+    pub fn reduce(self, name: &str, f: impl Fn(&T, T) -> T + Send + Sync + 'static) -> DataStream<T>
+    where
+        T: Sync,
+    {
         let f = Arc::new(f);
         self.process(name, move |_| Reduce {
             f: f.clone(),
-            current: rustc_hash::FxHashMap::default(),
+            current: None,
+            _key: PhantomData,
         })
     }
 }
@@ -345,27 +347,36 @@ where
     }
 }
 
+/// Folds each key's records in keyed state (so it lives in the job's state backend).
 struct Reduce<T, K, F> {
     f: Arc<F>,
-    current: rustc_hash::FxHashMap<K, T>,
+    current: Option<ValueState<T>>,
+    _key: PhantomData<fn() -> K>,
 }
 
-impl<T: Data, K: Key, F: Fn(&T, T) -> T + Send + Sync + 'static> KeyedOperator for Reduce<T, K, F> {
+impl<T, K, F> KeyedOperator for Reduce<T, K, F>
+where
+    T: Data + Sync,
+    K: Key,
+    F: Fn(&T, T) -> T + Send + Sync + 'static,
+{
     type Key = K;
     type In = T;
     type Out = T;
 
-    fn process(&mut self, key: &K, record: T, ctx: &mut Context<'_, T>) -> anyhow::Result<()> {
-        match self.current.get_mut(key) {
-            Some(acc) => {
-                *acc = (self.f)(acc, record);
-                ctx.emit(acc.clone());
-            }
-            None => {
-                ctx.emit(record.clone());
-                self.current.insert(key.clone(), record);
-            }
-        }
+    fn open(&mut self, _info: &SubtaskInfo, state: &mut KeyedBackend<K>) -> anyhow::Result<()> {
+        self.current = Some(ValueStateDescriptor::new("reduce").register(state)?);
+        Ok(())
+    }
+
+    fn process(&mut self, record: T, ctx: &mut KeyedContext<'_, K, T>) -> anyhow::Result<()> {
+        let current = self.current.as_ref().expect("opened");
+        let updated = match current.value(ctx.state())? {
+            Some(acc) => (self.f)(&acc, record),
+            None => record,
+        };
+        current.update(ctx.state(), updated.clone())?;
+        ctx.emit(updated);
         Ok(())
     }
 }

@@ -6,11 +6,15 @@
 pub mod api;
 
 pub use api::{DataStream, KeyedStream, StreamJob, UnionStream};
+/// Job settings (`JobConfig`, the state backend choice).
+pub use weir_actors::config;
 pub use weir_actors::{
-    Context, Data, EventTime, JobConfig, JobError, JobMetrics, JobReport, Key, KeyedOperator,
-    NodeDescription, Operator, OperatorReport, Sink, Source, SourcePoll, SubtaskInfo,
-    WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
+    Context, Data, EventTime, JobConfig, JobError, JobMetrics, JobReport, Key, KeyedContext,
+    KeyedOperator, NodeDescription, Operator, OperatorReport, Sink, Source, SourcePoll,
+    SubtaskInfo, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
 };
+/// Keyed and operator state: descriptors, handles, backends (re-exported `weir-state`).
+pub use weir_state as state;
 pub mod builtins;
 pub mod cli;
 pub mod expr;

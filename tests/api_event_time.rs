@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir::{
-    Context, EventTime, JobConfig, KeyedOperator, Sink, Source, SourcePoll, StreamJob,
-    WatermarkStrategy, MAX_WATERMARK,
+    Context, EventTime, JobConfig, KeyedContext, KeyedOperator, Sink, Source, SourcePoll,
+    StreamJob, WatermarkStrategy, MAX_WATERMARK,
 };
 
 /// Emits `(event_time, origin)` for i in 0..count: event time `offset + i + jitter(i)`
@@ -89,9 +89,8 @@ impl KeyedOperator for Observe {
 
     fn process(
         &mut self,
-        _key: &i64,
         (time, _): (EventTime, i64),
-        ctx: &mut Context<'_, Observed>,
+        ctx: &mut KeyedContext<'_, i64, Observed>,
     ) -> anyhow::Result<()> {
         self.0.records += 1;
         if time <= ctx.current_watermark() {
@@ -103,13 +102,13 @@ impl KeyedOperator for Observe {
     fn on_watermark(
         &mut self,
         watermark: EventTime,
-        _ctx: &mut Context<'_, Observed>,
+        _ctx: &mut KeyedContext<'_, i64, Observed>,
     ) -> anyhow::Result<()> {
         self.0.watermarks.push(watermark);
         Ok(())
     }
 
-    fn finish(&mut self, ctx: &mut Context<'_, Observed>) -> anyhow::Result<()> {
+    fn finish(&mut self, ctx: &mut KeyedContext<'_, i64, Observed>) -> anyhow::Result<()> {
         ctx.emit(std::mem::take(&mut self.0));
         Ok(())
     }

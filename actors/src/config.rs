@@ -1,6 +1,7 @@
 //! Job-wide settings, every one of them a bound or a default that a user can change.
 
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Duration;
 use weir_state::key_group::DEFAULT_MAX_PARALLELISM;
 
@@ -23,6 +24,22 @@ pub struct JobConfig {
     pub channel_capacity: usize,
     /// How long a partly filled batch may wait before it is sent anyway.
     pub linger: Duration,
+    /// Where keyed state lives.
+    pub state_backend: StateBackendChoice,
+    /// Local working directory for state (RocksDB databases); a temporary directory,
+    /// removed when the job ends, if not set.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The keyed state backend of a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackendChoice {
+    /// Objects on the heap: fastest; state must fit in memory.
+    #[default]
+    Memory,
+    /// One RocksDB per subtask on local disk: state can exceed memory.
+    RocksDb,
 }
 
 impl Default for JobConfig {
@@ -35,6 +52,8 @@ impl Default for JobConfig {
             batch_size: 1024,
             channel_capacity: 4,
             linger: Duration::from_millis(1),
+            state_backend: StateBackendChoice::Memory,
+            state_dir: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! at the chain boundaries cannot fail at run time.
 
 use crate::config::JobConfig;
+use crate::config::StateBackendChoice;
 use crate::error::{JobError, StageError};
 use crate::metrics::{JobMetrics, JobReport, OperatorCounters};
 use crate::operator::{Data, Key, KeyFn, KeyedOperator, Operator, Sink, Source, SubtaskInfo};
@@ -15,9 +16,13 @@ use crate::stage::{
 use crate::time::generator::{WatermarkGenerator, WatermarkStrategy};
 use std::any::Any;
 use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_state::key_group::hash_key;
+use weir_state::{
+    BackendKind, CheckpointStorage, KeyGroupRange, KeyedBackend, KeyedBackendConfig, RocksDbOptions,
+};
 
 /// A node of the graph, as returned when it is added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,6 +174,7 @@ pub(crate) trait NodeSpec: Send + Sync {
         info: SubtaskInfo,
         counters: Arc<OperatorCounters>,
         next: Option<Box<dyn Any>>,
+        env: &BuildEnv,
     ) -> Result<Built, StageError>;
 }
 
@@ -202,6 +208,7 @@ impl<S: Source> NodeSpec for SourceSpec<S> {
         info: SubtaskInfo,
         counters: Arc<OperatorCounters>,
         next: Option<Box<dyn Any>>,
+        _env: &BuildEnv,
     ) -> Result<Built, StageError> {
         let source = make(&self.0, &info)?;
         let next = take_input::<S::Out>(next.expect("a source feeds something"));
@@ -232,6 +239,7 @@ impl<O: Operator> NodeSpec for OperatorSpec<O> {
         info: SubtaskInfo,
         counters: Arc<OperatorCounters>,
         next: Option<Box<dyn Any>>,
+        _env: &BuildEnv,
     ) -> Result<Built, StageError> {
         let op = make(&self.0, &info)?;
         let next = take_input::<O::Out>(next.expect("an operator feeds something"));
@@ -258,12 +266,15 @@ impl<O: KeyedOperator> NodeSpec for KeyedSpec<O> {
         info: SubtaskInfo,
         counters: Arc<OperatorCounters>,
         next: Option<Box<dyn Any>>,
+        env: &BuildEnv,
     ) -> Result<Built, StageError> {
         let op = make(&self.0, &info)?;
+        let backend = env.open_keyed_backend(&info)?;
         let next = take_input::<O::Out>(next.expect("an operator feeds something"));
         let stage: BoxedInput<O::In> = Box::new(KeyedStage {
             op,
             key_of: self.1.clone(),
+            backend,
             core: StageCore::new(info, counters, next),
         });
         Ok(Built::Input(Box::new(stage)))
@@ -285,6 +296,7 @@ impl<S: Sink> NodeSpec for SinkSpec<S> {
         info: SubtaskInfo,
         counters: Arc<OperatorCounters>,
         _next: Option<Box<dyn Any>>,
+        _env: &BuildEnv,
     ) -> Result<Built, StageError> {
         let sink = make(&self.0, &info)?;
         let stage: BoxedInput<S::In> = Box::new(SinkStage {
@@ -293,6 +305,48 @@ impl<S: Sink> NodeSpec for SinkSpec<S> {
             counters,
         });
         Ok(Built::Input(Box::new(stage)))
+    }
+}
+
+/// What building a subtask's chain needs beyond the node itself.
+pub(crate) struct BuildEnv {
+    pub backend: StateBackendChoice,
+    /// This job run's local state directory.
+    pub state_dir: PathBuf,
+    pub storage: Arc<dyn CheckpointStorage>,
+}
+
+impl BuildEnv {
+    /// The keyed state backend of one subtask, for the key groups it owns.
+    fn open_keyed_backend<K: Key>(
+        &self,
+        info: &SubtaskInfo,
+    ) -> Result<KeyedBackend<K>, StageError> {
+        let range = KeyGroupRange::for_subtask(info.index, info.parallelism, info.max_parallelism);
+        let name: String = info
+            .operator
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = format!("{name}-{}", info.index);
+        let kind = match self.backend {
+            StateBackendChoice::Memory => BackendKind::Memory,
+            StateBackendChoice::RocksDb => {
+                BackendKind::RocksDb(RocksDbOptions::new(self.state_dir.join(&name)))
+            }
+        };
+        let config = KeyedBackendConfig::new(name, range, info.max_parallelism);
+        KeyedBackend::open(&kind, config, &[], self.storage.as_ref()).map_err(|e| StageError {
+            operator: info.operator.to_string(),
+            subtask: info.index,
+            cause: format!("cannot open its {:?} state backend: {e}", self.backend),
+        })
     }
 }
 

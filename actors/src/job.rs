@@ -6,17 +6,20 @@
 //! their peers' addresses), then started; actix delivers one sender's messages in
 //! order, so a subtask always has its wiring before its start.
 
+use crate::config::JobConfig;
 use crate::error::{JobError, StageError};
-use crate::graph::{Built, JobGraph, OutputEdge};
+use crate::graph::{BuildEnv, Built, JobGraph, OutputEdge};
 use crate::metrics::{JobReport, OperatorCounters};
 use crate::network::{InputSource, OutputTarget};
 use crate::operator::SubtaskInfo;
 use crate::plan::{EdgeKind, Plan};
 use crate::subtask::{Cancel, Head, Start, SubtaskActor, Wire};
 use actix::{Actor, Addr, Arbiter, Context, Handler, Message};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
+use weir_state::LocalCheckpointStorage;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -86,6 +89,7 @@ struct Deployment {
     graph: JobGraph,
     plan: Plan,
     counters: Vec<Arc<OperatorCounters>>,
+    env: BuildEnv,
 }
 
 impl Deployment {
@@ -129,7 +133,7 @@ impl Deployment {
             };
             match node
                 .spec
-                .build(info, self.counters[n].clone(), next.take())?
+                .build(info, self.counters[n].clone(), next.take(), &self.env)?
             {
                 Built::Source(source) => return Ok(Head::Source(source)),
                 Built::Input(input) => next = Some(input),
@@ -169,10 +173,19 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
     let workers = graph.config.resolved_workers();
     tracing::info!(job = %graph.config.name, subtasks = plan.vertices.iter().map(|v| v.parallelism).sum::<u32>(), workers, "starting job");
     let metrics = graph.metrics.clone();
+    let state = StateDir::for_job(&graph.config)?;
+    let storage = LocalCheckpointStorage::new(state.path.join("checkpoints"))
+        .map_err(|e| JobError::Runtime(format!("cannot prepare the state directory: {e}")))?;
+    let env = BuildEnv {
+        backend: graph.config.state_backend,
+        state_dir: state.path.clone(),
+        storage: Arc::new(storage),
+    };
     let deployment = Arc::new(Deployment {
         graph,
         plan,
         counters,
+        env,
     });
     let started = Instant::now();
     let outcome = std::thread::Builder::new()
@@ -186,6 +199,52 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
         operators: metrics.snapshot(),
         elapsed: started.elapsed(),
     })
+}
+
+/// The job's local state directory; a temporary one is removed when the job ends.
+struct StateDir {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl StateDir {
+    fn for_job(config: &JobConfig) -> Result<Self, JobError> {
+        let (path, temporary) = match &config.state_dir {
+            Some(dir) => (dir.clone(), false),
+            None => {
+                let unique = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let name: String = config
+                    .name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                (
+                    std::env::temp_dir()
+                        .join(format!("weir-{name}-{}-{unique}", std::process::id())),
+                    true,
+                )
+            }
+        };
+        std::fs::create_dir_all(&path).map_err(|e| {
+            JobError::Runtime(format!(
+                "cannot create the state directory {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(StateDir { path, temporary })
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if self.temporary {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                tracing::warn!(dir = %self.path.display(), error = %e, "could not remove the temporary state directory");
+            }
+        }
+    }
 }
 
 fn run_on_system(deployment: Arc<Deployment>, workers: usize) -> Result<(), JobError> {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_state::{KeyedBackend, KeyedStateBackend};
 
 pub use crate::time::watermarks::{EventTime, MAX_WATERMARK, MIN_WATERMARK};
 
@@ -18,9 +19,10 @@ pub use crate::time::watermarks::{EventTime, MAX_WATERMARK, MIN_WATERMARK};
 pub trait Data: Clone + Send + Serialize + DeserializeOwned + 'static {}
 impl<T: Clone + Send + Serialize + DeserializeOwned + 'static> Data for T {}
 
-/// A key: data that is also hashable and comparable (keyed state is scoped to it).
-pub trait Key: Data + Hash + Eq {}
-impl<T: Data + Hash + Eq> Key for T {}
+/// A key: data that is also hashable, comparable and shareable (keyed state is
+/// scoped to it, and snapshots read it from another thread).
+pub trait Key: Data + Hash + Eq + Sync {}
+impl<T: Data + Hash + Eq + Sync> Key for T {}
 
 /// Extracts a record's key; shared by the partitioner and the keyed operator.
 pub type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
@@ -64,6 +66,15 @@ impl<'a, Out> Context<'a, Out> {
             out,
             info,
             watermark: MIN_WATERMARK,
+        }
+    }
+
+    /// A shorter-lived context writing to the same output.
+    pub fn reborrow(&mut self) -> Context<'_, Out> {
+        Context {
+            out: self.out,
+            info: self.info,
+            watermark: self.watermark,
         }
     }
 
@@ -116,34 +127,89 @@ pub trait Operator: Send + 'static {
     }
 }
 
+/// What a keyed operator works with: the output, the current key, and the keyed
+/// state of this subtask's key groups (memory or RocksDB, as the job configures).
+pub struct KeyedContext<'a, K: Key, Out> {
+    ctx: Context<'a, Out>,
+    state: &'a mut KeyedBackend<K>,
+    in_process: bool,
+}
+
+impl<'a, K: Key, Out> KeyedContext<'a, K, Out> {
+    pub fn new(ctx: Context<'a, Out>, state: &'a mut KeyedBackend<K>, in_process: bool) -> Self {
+        KeyedContext {
+            ctx,
+            state,
+            in_process,
+        }
+    }
+
+    #[inline]
+    pub fn emit(&mut self, record: Out) {
+        self.ctx.emit(record);
+    }
+
+    pub fn info(&self) -> &SubtaskInfo {
+        self.ctx.info()
+    }
+
+    pub fn current_watermark(&self) -> EventTime {
+        self.ctx.current_watermark()
+    }
+
+    /// The key of the record being processed.
+    ///
+    /// # Panics
+    /// Outside `process` (in `on_watermark` or `finish` no key is current).
+    pub fn key(&self) -> &K {
+        assert!(
+            self.in_process,
+            "there is a current key only while a record is processed"
+        );
+        self.state
+            .current_key()
+            .expect("the runtime sets the key before process")
+    }
+
+    /// Keyed state, scoped to the current key: pass it to the handles registered in
+    /// `open` (`ValueState::value(ctx.state())`, …).
+    pub fn state(&mut self) -> &mut KeyedBackend<K> {
+        self.state
+    }
+}
+
 /// An operator on a keyed stream: each record arrives with the key it was
-/// partitioned by, and only keys of this subtask's key groups arrive here.
+/// partitioned by set as current, and only keys of this subtask's key groups arrive.
 pub trait KeyedOperator: Send + 'static {
     type Key: Key;
     type In: Data;
     type Out: Data;
 
-    fn open(&mut self, _info: &SubtaskInfo) -> anyhow::Result<()> {
+    /// Register keyed state here (`ValueStateDescriptor::new("sum").register(state)?`).
+    fn open(
+        &mut self,
+        _info: &SubtaskInfo,
+        _state: &mut KeyedBackend<Self::Key>,
+    ) -> anyhow::Result<()> {
         Ok(())
     }
 
     fn process(
         &mut self,
-        key: &Self::Key,
         record: Self::In,
-        ctx: &mut Context<'_, Self::Out>,
+        ctx: &mut KeyedContext<'_, Self::Key, Self::Out>,
     ) -> anyhow::Result<()>;
 
     /// The event-time watermark advanced (to [`MAX_WATERMARK`] at the end of input).
     fn on_watermark(
         &mut self,
         _watermark: EventTime,
-        _ctx: &mut Context<'_, Self::Out>,
+        _ctx: &mut KeyedContext<'_, Self::Key, Self::Out>,
     ) -> anyhow::Result<()> {
         Ok(())
     }
 
-    fn finish(&mut self, _ctx: &mut Context<'_, Self::Out>) -> anyhow::Result<()> {
+    fn finish(&mut self, _ctx: &mut KeyedContext<'_, Self::Key, Self::Out>) -> anyhow::Result<()> {
         Ok(())
     }
 }

@@ -13,13 +13,14 @@ use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
 use crate::network::{AnyBatch, Network};
 use crate::operator::{
-    Context, Data, EventTime, KeyFn, KeyedOperator, Operator, Sink, Source, SourcePoll,
-    SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
+    Context, Data, EventTime, KeyFn, KeyedContext, KeyedOperator, Operator, Sink, Source,
+    SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
 };
 use crate::partition::Partitioner;
 use crate::time::generator::WatermarkGenerator;
 use std::sync::Arc;
 use std::time::Instant;
+use weir_state::{KeyedBackend, KeyedStateBackend};
 
 /// Something that takes batches of `T`.
 pub trait Input<T> {
@@ -204,31 +205,39 @@ impl<O: Operator> Input<O::In> for OperatorStage<O> {
 pub struct KeyedStage<O: KeyedOperator> {
     pub op: O,
     pub key_of: KeyFn<O::In, O::Key>,
+    pub backend: KeyedBackend<O::Key>,
     pub core: StageCore<O::Out>,
 }
 
 impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
     fn open(&mut self) -> Result<(), StageError> {
-        let (op, info) = (&mut self.op, &self.core.info);
-        guarded(info, || op.open(info))?;
+        let (op, info, backend) = (&mut self.op, &self.core.info, &mut self.backend);
+        guarded(info, || op.open(info, backend))?;
         self.core.next.open()
     }
 
     fn push(&mut self, records: &mut Vec<O::In>, net: &mut Network) -> Result<(), StageError> {
         self.core.counters.add_in(records.len());
-        let (op, key_of) = (&mut self.op, &self.key_of);
+        let (op, key_of, backend) = (&mut self.op, &self.key_of, &mut self.backend);
         self.core.run(net, |ctx| {
             records.drain(..).try_for_each(|record| {
-                let key = key_of(&record);
-                op.process(&key, record, ctx)
+                backend.set_current_key(key_of(&record))?;
+                op.process(
+                    record,
+                    &mut KeyedContext::new(ctx.reborrow(), backend, true),
+                )
             })
         })
     }
 
     fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
-        let op = &mut self.op;
-        self.core
-            .advance(watermark, net, |ctx| op.on_watermark(watermark, ctx))
+        let (op, backend) = (&mut self.op, &mut self.backend);
+        self.core.advance(watermark, net, |ctx| {
+            op.on_watermark(
+                watermark,
+                &mut KeyedContext::new(ctx.reborrow(), backend, false),
+            )
+        })
     }
 
     fn on_idle(&mut self, idle: bool, net: &mut Network) {
@@ -240,8 +249,10 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
-        let op = &mut self.op;
-        self.core.end(net, |ctx| op.finish(ctx))
+        let (op, backend) = (&mut self.op, &mut self.backend);
+        self.core.end(net, |ctx| {
+            op.finish(&mut KeyedContext::new(ctx.reborrow(), backend, false))
+        })
     }
 }
 

@@ -9,10 +9,10 @@
 use crate::expr::Expr;
 use crate::record::{Record, RecordKey, Value};
 use anyhow::{anyhow, bail};
-use rustc_hash::FxHashMap;
 use std::cmp::Ordering;
 use std::sync::Arc;
-use weir_actors::{Context, KeyedOperator, Operator};
+use weir_actors::{Context, KeyedContext, KeyedOperator, Operator, SubtaskInfo};
+use weir_state::{KeyedBackend, ValueState, ValueStateDescriptor};
 
 // ---------------------------------------------------------------------------------
 // Map
@@ -245,7 +245,7 @@ pub struct AggSpec {
     pub output: Arc<str>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Acc {
     Count(i64),
     /// The running sum, min or max (`Null` until a non-null value arrives).
@@ -260,7 +260,8 @@ enum Acc {
 /// updated by that record. Null values leave the result unchanged.
 pub struct AggregateOperator {
     spec: Arc<AggSpec>,
-    state: FxHashMap<RecordKey, Acc>,
+    /// The running result per key, in the job's keyed state backend.
+    state: Option<ValueState<Acc>>,
 }
 
 impl AggregateOperator {
@@ -271,15 +272,7 @@ impl AggregateOperator {
             output: Arc::from(&*spec.output),
             ..(*spec).clone()
         });
-        AggregateOperator {
-            spec,
-            state: FxHashMap::default(),
-        }
-    }
-
-    /// Keys held by this subtask.
-    pub fn keys(&self) -> usize {
-        self.state.len()
+        AggregateOperator { spec, state: None }
     }
 }
 
@@ -345,11 +338,19 @@ impl KeyedOperator for AggregateOperator {
     type In = Record;
     type Out = Record;
 
+    fn open(
+        &mut self,
+        _info: &SubtaskInfo,
+        state: &mut KeyedBackend<RecordKey>,
+    ) -> anyhow::Result<()> {
+        self.state = Some(ValueStateDescriptor::new(self.spec.kind.name()).register(state)?);
+        Ok(())
+    }
+
     fn process(
         &mut self,
-        key: &RecordKey,
         record: Record,
-        ctx: &mut Context<'_, Record>,
+        ctx: &mut KeyedContext<'_, RecordKey, Record>,
     ) -> anyhow::Result<()> {
         let spec = &*self.spec;
         for f in &spec.key {
@@ -371,23 +372,22 @@ impl KeyedOperator for AggregateOperator {
             None => &Value::Null,
         };
         let field = spec.field.as_deref().unwrap_or("");
-        let acc = match self.state.get_mut(key) {
-            Some(acc) => acc,
-            None => self.state.entry(key.clone()).or_insert(match spec.kind {
-                AggKind::Count => Acc::Count(0),
-                AggKind::Avg => Acc::Avg { sum: 0.0, n: 0 },
-                _ => Acc::Value(Value::Null),
-            }),
-        };
-        fold(spec.kind, acc, value, field)?;
-        let result = match acc {
+        let state = self.state.as_ref().expect("opened");
+        let mut acc = state.value(ctx.state())?.unwrap_or(match spec.kind {
+            AggKind::Count => Acc::Count(0),
+            AggKind::Avg => Acc::Avg { sum: 0.0, n: 0 },
+            _ => Acc::Value(Value::Null),
+        });
+        fold(spec.kind, &mut acc, value, field)?;
+        let result = match &acc {
             Acc::Count(n) => Value::Int(*n),
             Acc::Value(v) => v.clone(),
             Acc::Avg { n: 0, .. } => Value::Null,
             Acc::Avg { sum, n } => Value::Float(*sum / *n as f64),
         };
+        state.update(ctx.state(), acc)?;
         let mut out = Record::with_capacity(spec.key.len() + 1);
-        for (name, v) in spec.key.iter().zip(key.values()) {
+        for (name, v) in spec.key.iter().zip(ctx.key().values()) {
             out.push_unchecked(name.clone(), v.clone());
         }
         if spec.key.contains(&spec.output) {
@@ -403,7 +403,7 @@ impl KeyedOperator for AggregateOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_actors::SubtaskInfo;
+    use weir_state::KeyedStateBackend;
 
     fn info() -> SubtaskInfo {
         SubtaskInfo {
@@ -531,6 +531,15 @@ mod tests {
         );
     }
 
+    fn memory_backend() -> KeyedBackend<RecordKey> {
+        let config =
+            weir_state::KeyedBackendConfig::new("agg", weir_state::KeyGroupRange::all(128), 128);
+        let storage =
+            weir_state::LocalCheckpointStorage::new(std::env::temp_dir().join("weir-agg-test"))
+                .unwrap();
+        KeyedBackend::open(&weir_state::BackendKind::Memory, config, &[], &storage).unwrap()
+    }
+
     fn agg(kind: AggKind, field: Option<&str>, input: &[&str]) -> anyhow::Result<Vec<String>> {
         let spec = Arc::new(AggSpec {
             kind,
@@ -541,10 +550,16 @@ mod tests {
         let mut op = AggregateOperator::new(spec.clone());
         let i = info();
         let mut out = Vec::new();
+        let mut state = memory_backend();
+        op.open(&i, &mut state)?;
         for j in input {
             let r = rec(j);
             let key = RecordKey::extract(&r, &spec.key).unwrap_or(RecordKey::One(Value::Null));
-            op.process(&key, r, &mut Context::new(&mut out, &i))?;
+            state.set_current_key(key)?;
+            op.process(
+                r,
+                &mut KeyedContext::new(Context::new(&mut out, &i), &mut state, true),
+            )?;
         }
         Ok(out.iter().map(Record::to_json).collect())
     }

@@ -18,6 +18,8 @@
 //! batch_size = 1024         # records per batch between subtasks
 //! channel_capacity = 4      # batches in flight per channel (credits)
 //! linger_ms = 1             # a partly filled batch leaves after this long
+//! state_backend = "memory"  # keyed state: "memory" (heap) or "rocksdb" (local disk)
+//! state_dir = "state"       # local state directory; default: a temporary one
 //!
 //! [[source]]
 //! id = "lines"

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use weir_actors::config::StateBackendChoice;
 use weir_actors::JobConfig;
 use weir_state::key_group::MAX_MAX_PARALLELISM;
 
@@ -293,6 +294,8 @@ const JOB_KEYS: &[&str] = &[
     "batch_size",
     "channel_capacity",
     "linger_ms",
+    "state_backend",
+    "state_dir",
 ];
 
 fn parse_document(
@@ -302,7 +305,7 @@ fn parse_document(
 ) -> Result<(JobConfig, Vec<Node>), Problem> {
     let mut top = Reader::new("the topology", document)?;
     let job = match top.get("job") {
-        Some(v) => parse_job(v, stem)?,
+        Some(v) => parse_job(v, stem, ctx)?,
         None => JobConfig {
             name: stem.to_string(),
             ..JobConfig::default()
@@ -334,7 +337,7 @@ fn parse_document(
     Ok((job, nodes))
 }
 
-fn parse_job(v: &Val, stem: &str) -> Result<JobConfig, Problem> {
+fn parse_job(v: &Val, stem: &str, ctx: &Ctx) -> Result<JobConfig, Problem> {
     let mut r = Reader::new("[job]", v)?;
     let name = r
         .string("name", "\"wordcount\"")?
@@ -368,6 +371,25 @@ fn parse_job(v: &Val, stem: &str) -> Result<JobConfig, Problem> {
     }
     if let Some((l, _)) = r.int("linger_ms", 0, 60_000, "1")? {
         job.linger = Duration::from_millis(l as u64);
+    }
+    if let Some((backend, at)) = r.string("state_backend", "\"rocksdb\"")? {
+        job.state_backend = match backend.as_str() {
+            "memory" => StateBackendChoice::Memory,
+            "rocksdb" => StateBackendChoice::RocksDb,
+            _ => {
+                let fix = match closest(&backend, &["memory", "rocksdb"]) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "use `memory` (state on the heap) or `rocksdb` (state on local disk)"
+                        .to_string(),
+                };
+                return Err(
+                    Problem::new(&at, format!("unknown state_backend `{backend}`")).fix(fix),
+                );
+            }
+        };
+    }
+    if let Some((dir, _)) = r.string("state_dir", "\"state\"")? {
+        job.state_dir = Some(ctx.resolve(&dir));
     }
     r.finish(JOB_KEYS)?;
     Ok(job)
