@@ -163,11 +163,8 @@ fn take_input<T: Data>(erased: Box<dyn Any>) -> BoxedInput<T> {
         .expect("chain types are checked at planning")
 }
 
-/// A node, erased: knows its kind, its record types, and how to build its stage.
+/// A node, erased: builds its stage for one subtask.
 pub(crate) trait NodeSpec: Send + Sync {
-    fn kind(&self) -> NodeKind;
-    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)>;
-    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)>;
     /// `next` is the `BoxedInput<Out>` the stage feeds (none for sinks).
     fn build(
         &self,
@@ -194,15 +191,6 @@ fn typed<T: Data>() -> Option<(&'static str, Arc<dyn Port>)> {
 }
 
 impl<S: Source> NodeSpec for SourceSpec<S> {
-    fn kind(&self) -> NodeKind {
-        NodeKind::Source
-    }
-    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)> {
-        None
-    }
-    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)> {
-        typed::<S::Out>()
-    }
     fn build(
         &self,
         info: SubtaskInfo,
@@ -225,15 +213,6 @@ impl<S: Source> NodeSpec for SourceSpec<S> {
 }
 
 impl<O: Operator> NodeSpec for OperatorSpec<O> {
-    fn kind(&self) -> NodeKind {
-        NodeKind::Operator
-    }
-    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)> {
-        typed::<O::In>()
-    }
-    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)> {
-        typed::<O::Out>()
-    }
     fn build(
         &self,
         info: SubtaskInfo,
@@ -252,15 +231,6 @@ impl<O: Operator> NodeSpec for OperatorSpec<O> {
 }
 
 impl<O: KeyedOperator> NodeSpec for KeyedSpec<O> {
-    fn kind(&self) -> NodeKind {
-        NodeKind::Operator
-    }
-    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)> {
-        typed::<O::In>()
-    }
-    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)> {
-        typed::<O::Out>()
-    }
     fn build(
         &self,
         info: SubtaskInfo,
@@ -282,15 +252,6 @@ impl<O: KeyedOperator> NodeSpec for KeyedSpec<O> {
 }
 
 impl<S: Sink> NodeSpec for SinkSpec<S> {
-    fn kind(&self) -> NodeKind {
-        NodeKind::Sink
-    }
-    fn input(&self) -> Option<(&'static str, Arc<dyn Port>)> {
-        typed::<S::In>()
-    }
-    fn output(&self) -> Option<(&'static str, Arc<dyn Port>)> {
-        None
-    }
     fn build(
         &self,
         info: SubtaskInfo,
@@ -350,9 +311,30 @@ impl BuildEnv {
     }
 }
 
+/// A node's kind and record types, with the typed ports for its input and output.
+#[derive(Clone)]
+pub(crate) struct Signature {
+    pub kind: NodeKind,
+    pub input: Option<(&'static str, Arc<dyn Port>)>,
+    pub output: Option<(&'static str, Arc<dyn Port>)>,
+}
+
+impl Signature {
+    fn of<In: Data, Out: Data>(kind: NodeKind) -> Self {
+        let input = (kind != NodeKind::Source).then(typed::<In>).flatten();
+        let output = (kind != NodeKind::Sink).then(typed::<Out>).flatten();
+        Signature {
+            kind,
+            input,
+            output,
+        }
+    }
+}
+
 pub(crate) struct GraphNode {
     pub name: String,
     pub parallelism: Option<u32>,
+    pub signature: Signature,
     pub spec: Arc<dyn NodeSpec>,
 }
 
@@ -405,10 +387,11 @@ impl JobGraph {
         self.metrics.clone()
     }
 
-    fn add(&mut self, name: &str, spec: Arc<dyn NodeSpec>) -> NodeId {
+    fn add(&mut self, name: &str, signature: Signature, spec: Arc<dyn NodeSpec>) -> NodeId {
         self.nodes.push(GraphNode {
             name: name.to_string(),
             parallelism: None,
+            signature,
             spec,
         });
         NodeId(self.nodes.len() - 1)
@@ -419,7 +402,11 @@ impl JobGraph {
         name: &str,
         make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
     ) -> NodeId {
-        self.add(name, Arc::new(SourceSpec::<S>(Arc::new(make), None)))
+        self.add(
+            name,
+            Signature::of::<(), S::Out>(NodeKind::Source),
+            Arc::new(SourceSpec::<S>(Arc::new(make), None)),
+        )
     }
 
     /// A source whose records carry event times: it emits watermarks (and idleness)
@@ -432,6 +419,7 @@ impl JobGraph {
     ) -> NodeId {
         self.add(
             name,
+            Signature::of::<(), S::Out>(NodeKind::Source),
             Arc::new(SourceSpec::<S>(Arc::new(make), Some(strategy))),
         )
     }
@@ -441,7 +429,11 @@ impl JobGraph {
         name: &str,
         make: impl Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
     ) -> NodeId {
-        self.add(name, Arc::new(OperatorSpec::<O>(Arc::new(make))))
+        self.add(
+            name,
+            Signature::of::<O::In, O::Out>(NodeKind::Operator),
+            Arc::new(OperatorSpec::<O>(Arc::new(make))),
+        )
     }
 
     /// A keyed operator; connect its input with [`Partitioning::key`] on the same key.
@@ -451,7 +443,11 @@ impl JobGraph {
         key_of: KeyFn<O::In, O::Key>,
         make: impl Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
     ) -> NodeId {
-        self.add(name, Arc::new(KeyedSpec::<O>(Arc::new(make), key_of)))
+        self.add(
+            name,
+            Signature::of::<O::In, O::Out>(NodeKind::Operator),
+            Arc::new(KeyedSpec::<O>(Arc::new(make), key_of)),
+        )
     }
 
     pub fn add_sink<S: Sink>(
@@ -459,7 +455,11 @@ impl JobGraph {
         name: &str,
         make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
     ) -> NodeId {
-        self.add(name, Arc::new(SinkSpec::<S>(Arc::new(make))))
+        self.add(
+            name,
+            Signature::of::<S::In, ()>(NodeKind::Sink),
+            Arc::new(SinkSpec::<S>(Arc::new(make))),
+        )
     }
 
     pub fn connect(&mut self, from: NodeId, to: NodeId, partitioning: Partitioning) {
@@ -484,10 +484,10 @@ impl JobGraph {
             .iter()
             .map(|n| PlanNode {
                 name: n.name.clone(),
-                kind: n.spec.kind(),
+                kind: n.signature.kind,
                 parallelism: n.parallelism,
-                input_type: n.spec.input().map(|(t, _)| t),
-                output_type: n.spec.output().map(|(t, _)| t),
+                input_type: n.signature.input.as_ref().map(|(t, _)| *t),
+                output_type: n.signature.output.as_ref().map(|(t, _)| *t),
             })
             .collect();
         for e in &self.edges {
@@ -556,7 +556,7 @@ impl JobGraph {
                     .collect();
                 NodeDescription {
                     name: node.name.clone(),
-                    kind: node.spec.kind().as_str(),
+                    kind: node.signature.kind.as_str(),
                     parallelism: plan.parallelism[i],
                     inputs,
                     chained_with: (position > 0)

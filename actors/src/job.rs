@@ -98,7 +98,7 @@ impl Deployment {
         let nodes = &self.plan.vertices[vertex].nodes;
         let parallelism = self.plan.vertices[vertex].parallelism;
         let tail = &self.graph.nodes[*nodes.last().expect("a vertex has nodes")];
-        let mut next = tail.spec.output().map(|(_, port)| {
+        let mut next = tail.signature.output.as_ref().map(|(_, port)| {
             let mut first_channel = 0;
             let edges = self
                 .plan
@@ -140,8 +140,9 @@ impl Deployment {
             }
         }
         let (_, port) = self.graph.nodes[nodes[0]]
-            .spec
-            .input()
+            .signature
+            .input
+            .as_ref()
             .expect("a non-source head has an input");
         Ok(Head::Input(port.head(next.expect("the chain has a head"))))
     }
