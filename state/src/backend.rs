@@ -94,6 +94,26 @@ impl KeyedBackendConfig {
         self
     }
 
+    /// Rejects ranges outside `0..max_parallelism` (a wiring error in the runtime).
+    pub fn validate(&self) -> Result<()> {
+        let r = self.key_group_range;
+        let max_p = self.max_parallelism;
+        if max_p == 0
+            || max_p > crate::key_group::MAX_MAX_PARALLELISM
+            || r.start > r.end
+            || u32::from(r.end) > max_p
+        {
+            return Err(StateError::Registration {
+                name: self.name.clone(),
+                reason: format!(
+                    "key-group range {}..{} does not fit max parallelism {max_p}",
+                    r.start, r.end
+                ),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_key_group(&self, key_group: KeyGroup) -> Result<()> {
         let r = self.key_group_range;
         if r.contains(key_group) {
@@ -416,5 +436,18 @@ mod tests {
         assert_send::<KeyedBackend<String>>();
         assert_send::<crate::operator_state::OperatorStateStore>();
         assert_send::<AsyncSnapshot<KeyedStateHandle>>();
+    }
+
+    #[test]
+    fn config_rejects_a_range_beyond_max_parallelism() {
+        let ok = KeyedBackendConfig::new("op-0", KeyGroupRange::for_subtask(1, 2, 128), 128);
+        assert!(ok.validate().is_ok());
+        let bad = KeyedBackendConfig::new("op-0", KeyGroupRange { start: 0, end: 129 }, 128);
+        assert!(bad.validate().unwrap_err().to_string().contains("op-0"));
+        assert!(
+            KeyedBackendConfig::new("z", KeyGroupRange { start: 0, end: 0 }, 0)
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -252,7 +252,12 @@ type Parts<'a, K> = (
 );
 
 impl<K: StateKey> MemoryBackend<K> {
+    /// # Panics
+    /// If the config's key-group range does not fit its max parallelism.
     pub fn new(config: KeyedBackendConfig) -> Self {
+        if let Err(e) = config.validate() {
+            panic!("{e}");
+        }
         MemoryBackend {
             config,
             current: None,
@@ -271,6 +276,7 @@ impl<K: StateKey> MemoryBackend<K> {
         handles: &[KeyedStateHandle],
         storage: &dyn CheckpointStorage,
     ) -> Result<Self> {
+        config.validate()?;
         let mut backend = Self::new(config);
         let range = backend.config.key_group_range;
         let mut pending: BTreeMap<String, PendingState> = BTreeMap::new();

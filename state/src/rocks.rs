@@ -232,6 +232,7 @@ impl<K: StateKey> RocksDbBackend<K> {
         handles: &[KeyedStateHandle],
         storage: &dyn CheckpointStorage,
     ) -> Result<Self> {
+        config.validate()?;
         let db_path = opts.working_dir.join("db");
         if db_path.exists() {
             std::fs::remove_dir_all(&db_path).map_err(io(&db_path))?;
