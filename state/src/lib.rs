@@ -9,6 +9,40 @@
 //! [`backend::AsyncSnapshot`] on another thread; it yields serializable state handles
 //! ([`handle`]) that go into the checkpoint's `_metadata`, written last by
 //! [`checkpoints::CompletedCheckpointStore`] on a [`storage::CheckpointStorage`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use weir_state::backend::{KeyedBackendConfig, KeyedStateBackend, SnapshotKind};
+//! use weir_state::*;
+//!
+//! # fn main() -> weir_state::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalCheckpointStorage::new(dir.path())?);
+//! // Subtask 0 of 2, max parallelism 128: it owns key groups 0..64.
+//! let config = KeyedBackendConfig::new("counter-0", KeyGroupRange::for_subtask(0, 2, 128), 128);
+//! let mut backend = KeyedBackend::<String>::open(&BackendKind::Memory, config, &[], &*storage)?;
+//! let count = ValueStateDescriptor::<u64>::new("count").register(&mut backend)?;
+//!
+//! let key = (0..).map(|i| format!("user-{i}"))
+//!     .find(|k| key_group::key_group_of(k, 128) < 64).unwrap();
+//! backend.set_current_key(key.clone())?;
+//! let n = count.value(&mut backend)?.unwrap_or(0);
+//! count.update(&mut backend, n + 1)?;
+//!
+//! // At a barrier: the synchronous part here, the asynchronous part on any thread.
+//! let pending = backend.snapshot(1, SnapshotKind::Checkpoint, storage.clone())?;
+//! let handle = std::thread::spawn(move || pending.run()).join().unwrap()?;
+//! backend.notify_checkpoint_complete(1);
+//!
+//! // Recovery at parallelism 1: the new subtask reads the key groups it owns.
+//! let config = KeyedBackendConfig::new("counter-0", KeyGroupRange::all(128), 128);
+//! let mut restored = KeyedBackend::<String>::open(&BackendKind::Memory, config, &[handle], &*storage)?;
+//! let count = ValueStateDescriptor::<u64>::new("count").register(&mut restored)?;
+//! restored.set_current_key(key)?;
+//! assert_eq!(count.value(&mut restored)?, Some(1));
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backend;
 pub mod checkpoints;

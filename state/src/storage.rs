@@ -124,6 +124,8 @@ impl CheckpointStorage for LocalCheckpointStorage {
         f.write_all(bytes)
             .and_then(|_| f.sync_all())
             .map_err(|e| StateError::io(&full, e))?;
+        // The directory entry must be durable too, before `_metadata` can point at it.
+        sync_dir(full.parent().unwrap_or(&self.root))?;
         Ok(FileHandle {
             path: path.to_string(),
             size: bytes.len() as u64,
@@ -139,6 +141,7 @@ impl CheckpointStorage for LocalCheckpointStorage {
         let handle = self.write_file(&tmp, &bytes)?;
         let (from, to) = (self.local_path(&tmp), self.local_path(path));
         fs::rename(&from, &to).map_err(|e| StateError::io(&to, e))?;
+        sync_dir(to.parent().unwrap_or(&self.root))?;
         Ok(FileHandle {
             path: path.to_string(),
             ..handle
