@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+pub use crate::checkpoint::barrier::CheckpointMode;
 use std::time::Duration;
 use weir_state::key_group::DEFAULT_MAX_PARALLELISM;
 
@@ -29,6 +31,38 @@ pub struct JobConfig {
     /// Local working directory for state (RocksDB databases); a temporary directory,
     /// removed when the job ends, if not set.
     pub state_dir: Option<PathBuf>,
+    /// Periodic checkpoints; none when `None`.
+    pub checkpoint: Option<CheckpointConfig>,
+}
+
+/// How and where a job checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointConfig {
+    /// Checkpoint storage: `DIR/chk-<id>/`, `DIR/shared/`.
+    pub dir: PathBuf,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub min_pause: Duration,
+    pub max_concurrent: usize,
+    pub tolerable_failures: u32,
+    pub mode: CheckpointMode,
+    /// Completed checkpoints kept.
+    pub retain: usize,
+}
+
+impl CheckpointConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CheckpointConfig {
+            dir: dir.into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(60),
+            min_pause: Duration::ZERO,
+            max_concurrent: 1,
+            tolerable_failures: 0,
+            mode: CheckpointMode::Aligned,
+            retain: 3,
+        }
+    }
 }
 
 /// The keyed state backend of a job.
@@ -54,6 +88,7 @@ impl Default for JobConfig {
             linger: Duration::from_millis(1),
             state_backend: StateBackendChoice::Memory,
             state_dir: None,
+            checkpoint: None,
         }
     }
 }

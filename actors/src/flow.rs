@@ -21,6 +21,8 @@ pub enum ChannelEvent<B> {
     /// The channel's source has (no longer) nothing to send: don't wait for its
     /// watermark.
     Idle(bool),
+    /// Checkpoint barrier: everything before it belongs to checkpoint `id`.
+    Barrier(crate::checkpoint::coordinator::CheckpointId),
     EndOfInput,
 }
 

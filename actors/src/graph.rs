@@ -245,6 +245,7 @@ impl<O: KeyedOperator> NodeSpec for KeyedSpec<O> {
             op,
             key_of: self.1.clone(),
             backend,
+            storage: env.storage.clone(),
             core: StageCore::new(info, counters, next),
         });
         Ok(Built::Input(Box::new(stage)))

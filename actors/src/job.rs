@@ -6,83 +6,22 @@
 //! their peers' addresses), then started; actix delivers one sender's messages in
 //! order, so a subtask always has its wiring before its start.
 
+use crate::checkpoint::barrier::CheckpointMode;
 use crate::config::JobConfig;
 use crate::error::{JobError, StageError};
 use crate::graph::{BuildEnv, Built, JobGraph, OutputEdge};
+use crate::master::{CheckpointDriver, Deployed, JobMaster};
 use crate::metrics::{JobReport, OperatorCounters};
 use crate::network::{InputSource, OutputTarget};
 use crate::operator::SubtaskInfo;
-use crate::plan::{EdgeKind, Plan};
-use crate::subtask::{Cancel, Head, Start, SubtaskActor, Wire};
-use actix::{Actor, Addr, Arbiter, Context, Handler, Message};
+use crate::plan::{EdgeKind, NodeKind, Plan};
+use crate::subtask::{Head, Start, SubtaskActor, Wire};
+use actix::{Actor, Addr, Arbiter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
-use weir_state::LocalCheckpointStorage;
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct SubtaskFinished;
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct SubtaskFailed(pub StageError);
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Deployed(Vec<Addr<SubtaskActor>>);
-
-/// Collects subtask reports; ends the job when all finished or one failed.
-pub(crate) struct JobMaster {
-    subtasks: Vec<Addr<SubtaskActor>>,
-    running: usize,
-    outcome: Option<oneshot::Sender<Result<(), JobError>>>,
-}
-
-impl JobMaster {
-    fn end(&mut self, result: Result<(), JobError>) {
-        if let Some(outcome) = self.outcome.take() {
-            let _ = outcome.send(result);
-        }
-    }
-}
-
-impl Actor for JobMaster {
-    type Context = Context<Self>;
-}
-
-impl Handler<Deployed> for JobMaster {
-    type Result = ();
-    fn handle(&mut self, deployed: Deployed, _: &mut Context<Self>) {
-        self.running += deployed.0.len();
-        self.subtasks = deployed.0;
-    }
-}
-
-impl Handler<SubtaskFinished> for JobMaster {
-    type Result = ();
-    fn handle(&mut self, _: SubtaskFinished, _: &mut Context<Self>) {
-        self.running -= 1;
-        if self.running == 0 {
-            self.end(Ok(()));
-        }
-    }
-}
-
-impl Handler<SubtaskFailed> for JobMaster {
-    type Result = ();
-    fn handle(&mut self, failed: SubtaskFailed, _: &mut Context<Self>) {
-        if self.outcome.is_none() {
-            return;
-        }
-        tracing::error!(operator = %failed.0.operator, subtask = failed.0.subtask, cause = %failed.0.cause, "subtask failed");
-        for subtask in &self.subtasks {
-            subtask.do_send(Cancel);
-        }
-        self.end(Err(failed.0.into()));
-    }
-}
+use weir_state::{CheckpointStorage, LocalCheckpointStorage};
 
 /// Everything subtasks need to build their chains, shared read-only.
 struct Deployment {
@@ -175,12 +114,56 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
     tracing::info!(job = %graph.config.name, subtasks = plan.vertices.iter().map(|v| v.parallelism).sum::<u32>(), workers, "starting job");
     let metrics = graph.metrics.clone();
     let state = StateDir::for_job(&graph.config)?;
-    let storage = LocalCheckpointStorage::new(state.path.join("checkpoints"))
-        .map_err(|e| JobError::Runtime(format!("cannot prepare the state directory: {e}")))?;
+    // Snapshots go to the checkpoint storage; without checkpoints, backends still
+    // need a storage (to restore from, later), so they get one in the state dir.
+    let storage_root = graph
+        .config
+        .checkpoint
+        .as_ref()
+        .map_or_else(|| state.path.join("checkpoints"), |c| c.dir.clone());
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalCheckpointStorage::new(&storage_root).map_err(|e| {
+            JobError::Runtime(format!(
+                "cannot prepare the checkpoint storage {}: {e}",
+                storage_root.display()
+            ))
+        })?);
+    let checkpoints = match &graph.config.checkpoint {
+        None => None,
+        Some(config) => {
+            if !matches!(
+                config.mode,
+                CheckpointMode::Aligned | CheckpointMode::AtLeastOnce
+            ) {
+                return Err(JobError::InvalidGraph(format!(
+                    "checkpoint mode {:?} is not supported yet: use aligned or at-least-once",
+                    config.mode
+                )));
+            }
+            let subtasks = plan.vertices.iter().map(|v| v.parallelism as usize).sum();
+            let operators = graph
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    (
+                        n.name.clone(),
+                        (plan.parallelism[i], graph.config.max_parallelism),
+                    )
+                })
+                .collect();
+            Some(CheckpointDriver::new(
+                config,
+                storage.clone(),
+                subtasks,
+                operators,
+            )?)
+        }
+    };
     let env = BuildEnv {
         backend: graph.config.state_backend,
         state_dir: state.path.clone(),
-        storage: Arc::new(storage),
+        storage,
     };
     let deployment = Arc::new(Deployment {
         graph,
@@ -191,7 +174,7 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
     let started = Instant::now();
     let outcome = std::thread::Builder::new()
         .name("weir-job".into())
-        .spawn(move || run_on_system(deployment, workers))
+        .spawn(move || run_on_system(deployment, workers, checkpoints))
         .map_err(|e| JobError::Runtime(format!("cannot start the job thread: {e}")))?
         .join()
         .map_err(|_| JobError::Runtime("the job thread panicked".into()))?;
@@ -248,19 +231,30 @@ impl Drop for StateDir {
     }
 }
 
-fn run_on_system(deployment: Arc<Deployment>, workers: usize) -> Result<(), JobError> {
+fn run_on_system(
+    deployment: Arc<Deployment>,
+    workers: usize,
+    checkpoints: Option<CheckpointDriver>,
+) -> Result<(), JobError> {
     let system = actix::System::new();
     let (result, arbiters) = system.block_on(async move {
         let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
         let (outcome, finished) = oneshot::channel();
-        let master = JobMaster {
-            subtasks: Vec::new(),
-            running: 0,
-            outcome: Some(outcome),
-        }
-        .start();
+        let master = JobMaster::new(outcome, checkpoints).start();
         let subtasks = deploy(&deployment, &arbiters, &master, 0);
-        master.do_send(Deployed(subtasks.iter().flatten().cloned().collect()));
+        let mut sources = Vec::new();
+        let mut number = 0;
+        for (vertex, addrs) in subtasks.iter().enumerate() {
+            let head = deployment.plan.vertices[vertex].nodes[0];
+            if deployment.graph.nodes[head].signature.kind == NodeKind::Source {
+                sources.extend(number..number + addrs.len());
+            }
+            number += addrs.len();
+        }
+        master.do_send(Deployed {
+            subtasks: subtasks.iter().flatten().cloned().collect(),
+            sources,
+        });
         for subtask in subtasks.iter().flatten() {
             subtask.do_send(Start);
         }
@@ -285,10 +279,21 @@ fn deploy(
 ) -> Vec<Vec<Addr<SubtaskActor>>> {
     let plan = &deployment.plan;
     let config = &deployment.graph.config;
+    // Subtasks are numbered vertex by vertex, index by index.
+    let first_number: Vec<usize> = plan
+        .vertices
+        .iter()
+        .scan(0, |next, v| {
+            let first = *next;
+            *next += v.parallelism as usize;
+            Some(first)
+        })
+        .collect();
     let subtasks: Vec<Vec<Addr<SubtaskActor>>> = (0..plan.vertices.len())
         .map(|vertex| {
             (0..plan.vertices[vertex].parallelism)
                 .map(|index| {
+                    let number = first_number[vertex] + index as usize;
                     let (deployment, master, config) =
                         (deployment.clone(), master.clone(), config.clone());
                     let arbiter = arbiters[index as usize % arbiters.len()].handle();
@@ -297,6 +302,7 @@ fn deploy(
                         SubtaskActor::new(
                             deployment.chain_name(vertex),
                             index,
+                            number,
                             head,
                             &config,
                             master,

@@ -9,6 +9,7 @@ pub mod flow;
 pub mod gate;
 mod graph;
 mod job;
+mod master;
 mod metrics;
 pub mod network;
 pub mod operator;
@@ -19,7 +20,7 @@ mod stage;
 mod subtask;
 pub mod time;
 
-pub use config::JobConfig;
+pub use config::{CheckpointConfig, CheckpointMode, JobConfig};
 pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};

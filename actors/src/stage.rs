@@ -8,6 +8,7 @@
 //! operator and subtask it happened in. Watermarks and idleness pass down the chain
 //! after the records that precede them.
 
+use crate::checkpoint::coordinator::CheckpointId;
 use crate::error::{panic_message, StageError};
 use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
@@ -20,7 +21,8 @@ use crate::partition::Partitioner;
 use crate::time::generator::WatermarkGenerator;
 use std::sync::Arc;
 use std::time::Instant;
-use weir_state::{KeyedBackend, KeyedStateBackend};
+use weir_state::handle::SubtaskSnapshot;
+use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, SnapshotKind};
 
 /// Something that takes batches of `T`.
 pub trait Input<T> {
@@ -35,9 +37,26 @@ pub trait Input<T> {
     fn flush(&mut self, net: &mut Network);
     /// Every input has ended.
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError>;
+    /// Checkpoint `id`: take the synchronous part of this stage's snapshot (its
+    /// asynchronous part goes to `snapshots`), then pass the barrier on; network
+    /// outputs send it on every channel, behind the records before it.
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        snapshots: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError>;
+    /// Checkpoint `id` completed (or was aborted).
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool);
 }
 
 pub type BoxedInput<T> = Box<dyn Input<T>>;
+
+/// The asynchronous part of one operator's snapshot in a subtask.
+pub struct PendingSnapshot {
+    pub operator: String,
+    pub snapshot: AsyncSnapshot<SubtaskSnapshot>,
+}
 
 /// Runs user code, turning an `Err` or a panic into a failure of this subtask.
 pub(crate) fn guarded<R>(
@@ -200,12 +219,27 @@ impl<O: Operator> Input<O::In> for OperatorStage<O> {
         let op = &mut self.op;
         self.core.end(net, |ctx| op.finish(ctx))
     }
+
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        snapshots: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError> {
+        self.core.next.checkpoint(id, net, snapshots)
+    }
+
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+        self.core.next.notify_checkpoint(id, completed)
+    }
 }
 
 pub struct KeyedStage<O: KeyedOperator> {
     pub op: O,
     pub key_of: KeyFn<O::In, O::Key>,
     pub backend: KeyedBackend<O::Key>,
+    /// Where snapshots of the backend go.
+    pub storage: Arc<dyn CheckpointStorage>,
     pub core: StageCore<O::Out>,
 }
 
@@ -254,6 +288,42 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
             op.finish(&mut KeyedContext::new(ctx.reborrow(), backend, false))
         })
     }
+
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        snapshots: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError> {
+        let keyed = self
+            .backend
+            .snapshot(id, SnapshotKind::Checkpoint, self.storage.clone())
+            .map_err(|e| StageError {
+                operator: self.core.info.operator.to_string(),
+                subtask: self.core.info.index,
+                cause: format!("snapshot of checkpoint {id} failed: {e}"),
+            })?;
+        snapshots.push(PendingSnapshot {
+            operator: self.core.info.operator.to_string(),
+            snapshot: AsyncSnapshot::new(move || {
+                Ok(SubtaskSnapshot {
+                    keyed: Some(keyed.run()?),
+                    operator: None,
+                    extra: Vec::new(),
+                })
+            }),
+        });
+        self.core.next.checkpoint(id, net, snapshots)
+    }
+
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+        if completed {
+            self.backend.notify_checkpoint_complete(id);
+        } else {
+            self.backend.notify_checkpoint_aborted(id);
+        }
+        self.core.next.notify_checkpoint(id, completed)
+    }
 }
 
 pub struct SinkStage<S: Sink> {
@@ -292,6 +362,17 @@ impl<S: Sink> Input<S::In> for SinkStage<S> {
         let sink = &mut self.sink;
         guarded(&self.info, || sink.finish())
     }
+
+    fn checkpoint(
+        &mut self,
+        _: CheckpointId,
+        _: &mut Network,
+        _: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) {}
 }
 
 /// Partitions records into per-receiver batches on one network edge.
@@ -389,6 +470,18 @@ impl<T: Data> Input<T> for NetworkOutput<T> {
         self.send_to_all(net, || ChannelEvent::EndOfInput);
         Ok(())
     }
+
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        _: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError> {
+        self.send_to_all(net, || ChannelEvent::Barrier(id));
+        Ok(())
+    }
+
+    fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) {}
 }
 
 /// Hands every batch to several consumers (fan-out).
@@ -437,10 +530,34 @@ impl<T: Data> Input<T> for Tee<T> {
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
         self.outputs.iter_mut().try_for_each(|o| o.finish(net))
     }
+
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        snapshots: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError> {
+        self.outputs
+            .iter_mut()
+            .try_for_each(|o| o.checkpoint(id, net, snapshots))
+    }
+
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+        self.outputs
+            .iter_mut()
+            .for_each(|o| o.notify_checkpoint(id, completed));
+    }
 }
 
 /// The head of a chain fed from the network.
 pub trait InputHead {
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        snapshots: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError>;
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool);
     fn open(&mut self) -> Result<(), StageError>;
     fn push_batch(&mut self, batch: AnyBatch, net: &mut Network) -> Result<(), StageError>;
     fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError>;
@@ -478,10 +595,30 @@ impl<T: Data> InputHead for TypedHead<T> {
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
         self.0.finish(net)
     }
+
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        snapshots: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError> {
+        self.0.checkpoint(id, net, snapshots)
+    }
+
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+        self.0.notify_checkpoint(id, completed)
+    }
 }
 
 /// The head of a chain that starts with a source.
 pub trait SourceHead {
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        snapshots: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError>;
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool);
     fn open(&mut self) -> Result<(), StageError>;
     fn poll(&mut self, max: usize, net: &mut Network) -> Result<SourcePoll, StageError>;
     fn flush(&mut self, net: &mut Network);
@@ -541,5 +678,18 @@ impl<S: Source> SourceHead for SourceStage<S> {
         // The end of the input is the end of event time: every timer downstream fires.
         self.core.next.on_watermark(MAX_WATERMARK, net)?;
         self.core.next.finish(net)
+    }
+
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        snapshots: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError> {
+        self.core.next.checkpoint(id, net, snapshots)
+    }
+
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+        self.core.next.notify_checkpoint(id, completed)
     }
 }

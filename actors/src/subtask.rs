@@ -7,17 +7,21 @@
 //! leaves after `linger`. When every input has ended (or the source is exhausted) it
 //! finishes the chain, drains its outputs, reports to the job master and stops.
 
+use crate::checkpoint::barrier::{Action, BarrierHandler, CheckpointMode};
+use crate::checkpoint::coordinator::CheckpointId;
 use crate::config::JobConfig;
 use crate::error::StageError;
 use crate::flow::ChannelEvent;
 use crate::gate::InputGate;
-use crate::job::{JobMaster, SubtaskFailed, SubtaskFinished};
+use crate::master::{
+    CheckpointAcked, CheckpointDeclined, JobMaster, SourceExhausted, SubtaskFailed, SubtaskFinished,
+};
 use crate::network::{AnyBatch, Credit, Deliver, InputSource, Network, OutputTarget};
 use crate::operator::SourcePoll;
-use crate::stage::{InputHead, SourceHead};
+use crate::stage::{InputHead, PendingSnapshot, SourceHead};
 use crate::time::watermarks::{WatermarkOutput, WatermarkTracker};
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Batches processed (or polled) before the actor yields to its mailbox.
 const PUMP_BATCHES: usize = 8;
@@ -40,6 +44,11 @@ enum Phase {
 pub(crate) struct SubtaskActor {
     name: String,
     index: u32,
+    /// Where checkpoints are acknowledged (with this subtask's number in the job).
+    ack_to: AckTo,
+    barriers: BarrierHandler,
+    mode: CheckpointMode,
+    started: Instant,
     head: Result<Head, StageError>,
     net: Network,
     inputs: Vec<InputSource>,
@@ -59,13 +68,28 @@ impl SubtaskActor {
     pub fn new(
         name: String,
         index: u32,
+        number: usize,
         head: Result<Head, StageError>,
         config: &JobConfig,
         master: Addr<JobMaster>,
     ) -> Self {
+        let mode = config
+            .checkpoint
+            .as_ref()
+            .map_or(CheckpointMode::Aligned, |c| c.mode);
+        let ack_to = AckTo {
+            master: master.clone(),
+            subtask: number,
+            index,
+            name: name.clone(),
+        };
         SubtaskActor {
             name,
             index,
+            ack_to,
+            barriers: BarrierHandler::new(mode, 0),
+            mode,
+            started: Instant::now(),
             head,
             net: Network::new(Vec::new(), 1),
             inputs: Vec::new(),
@@ -154,8 +178,28 @@ impl SubtaskActor {
                     forward_watermarks(input, self.watermarks.on_idle(channel, idle), net)?;
                     Ok(true)
                 }
+                Some((channel, ChannelEvent::Barrier(id))) => {
+                    let now_ms = self.started.elapsed().as_millis() as u64;
+                    let actions = self.barriers.on_barrier(channel, id, now_ms);
+                    apply_barrier_actions(
+                        actions,
+                        &mut self.gate,
+                        net,
+                        &self.ack_to,
+                        |id, net, pending| input.checkpoint(id, net, pending),
+                    )?;
+                    Ok(true)
+                }
                 Some((channel, ChannelEvent::EndOfInput)) => {
                     forward_watermarks(input, self.watermarks.on_end_of_input(channel), net)?;
+                    let actions = self.barriers.on_end_of_input(channel);
+                    apply_barrier_actions(
+                        actions,
+                        &mut self.gate,
+                        net,
+                        &self.ack_to,
+                        |id, net, pending| input.checkpoint(id, net, pending),
+                    )?;
                     self.ended_inputs += 1;
                     if self.ended_inputs == self.inputs.len() {
                         self.finish_chain(ctx)?;
@@ -169,7 +213,10 @@ impl SubtaskActor {
     fn finish_chain(&mut self, ctx: &mut Context<Self>) -> Result<(), StageError> {
         let net = &mut self.net;
         match self.head.as_mut().expect("running subtasks have a chain") {
-            Head::Source(source) => source.finish(net)?,
+            Head::Source(source) => {
+                self.master.do_send(SourceExhausted);
+                source.finish(net)?
+            }
             Head::Input(input) => input.finish(net)?,
         }
         self.phase = Phase::Draining;
@@ -227,6 +274,100 @@ fn forward_watermarks(
     Ok(())
 }
 
+/// Where a subtask acknowledges checkpoints.
+#[derive(Clone)]
+struct AckTo {
+    master: Addr<JobMaster>,
+    subtask: usize,
+    index: u32,
+    name: String,
+}
+
+impl AckTo {
+    fn decline(&self, id: CheckpointId, why: &str) {
+        let reason = format!("{} ({}) {why}", self.name, self.index);
+        self.master.do_send(CheckpointDeclined {
+            id,
+            subtask: self.subtask,
+            reason,
+            finished: false,
+        });
+    }
+
+    fn decline_finished(&self, id: CheckpointId) {
+        let reason = format!("{} ({}) has finished", self.name, self.index);
+        self.master.do_send(CheckpointDeclined {
+            id,
+            subtask: self.subtask,
+            reason,
+            finished: true,
+        });
+    }
+
+    /// Runs the asynchronous parts of the snapshot off the actor's thread, then
+    /// acknowledges (or declines) the checkpoint.
+    fn acknowledge(&self, id: CheckpointId, pending: Vec<PendingSnapshot>) {
+        let to = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("weir-snapshot-{id}"))
+            .spawn(move || {
+                let written: Result<Vec<_>, String> = pending
+                    .into_iter()
+                    .map(|p| {
+                        p.snapshot
+                            .run()
+                            .map(|s| (p.operator, to.index, s))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect();
+                match written {
+                    Ok(snapshots) => to.master.do_send(CheckpointAcked {
+                        id,
+                        subtask: to.subtask,
+                        snapshots,
+                    }),
+                    Err(reason) => {
+                        to.decline(id, &format!("could not write its snapshot: {reason}"))
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            self.decline(id, &format!("could not start a snapshot thread: {e}"));
+        }
+    }
+}
+
+/// Carries out what the barrier handler decided; `checkpoint` runs the chain's
+/// snapshot and forwards the barrier.
+fn apply_barrier_actions(
+    actions: Vec<Action>,
+    gate: &mut InputGate<ChannelEvent<AnyBatch>>,
+    net: &mut Network,
+    ack: &AckTo,
+    mut checkpoint: impl FnMut(
+        CheckpointId,
+        &mut Network,
+        &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError>,
+) -> Result<(), StageError> {
+    for action in actions {
+        match action {
+            Action::Block(channel) => gate.block(channel),
+            Action::UnblockAll => gate.unblock_all(),
+            Action::Snapshot { id, .. } => {
+                let mut pending = Vec::new();
+                checkpoint(id, net, &mut pending)?;
+                ack.acknowledge(id, pending);
+            }
+            Action::Abort { id } => ack.decline(id, "saw a newer barrier first"),
+            Action::Record(_) | Action::StopRecording(_) | Action::ChannelStateComplete { .. } => {
+                unreachable!("unaligned checkpoints are rejected when the job is planned")
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Actor for SubtaskActor {
     type Context = Context<Self>;
 }
@@ -271,6 +412,7 @@ impl Handler<Wire> for SubtaskActor {
     fn handle(&mut self, wire: Wire, _ctx: &mut Context<Self>) {
         self.net = Network::new(wire.outputs, self.channel_capacity);
         self.gate = InputGate::new(wire.inputs.len());
+        self.barriers = BarrierHandler::new(self.mode, wire.inputs.len());
         self.watermarks = WatermarkTracker::new(wire.inputs.len());
         self.inputs = wire.inputs;
     }
@@ -320,6 +462,64 @@ impl Handler<Credit> for SubtaskActor {
             Phase::Draining => self.finish_if_drained(ctx),
             Phase::Running if !self.pump_scheduled => self.pump(ctx),
             _ => {}
+        }
+    }
+}
+
+/// Sources: inject barrier `id` (after snapshotting the chain).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct TriggerCheckpoint {
+    pub id: CheckpointId,
+}
+
+/// Checkpoint `id` completed or was aborted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct NotifyCheckpoint {
+    pub id: CheckpointId,
+    pub completed: bool,
+}
+
+impl Handler<TriggerCheckpoint> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, trigger: TriggerCheckpoint, ctx: &mut Context<Self>) {
+        let id = trigger.id;
+        if self.phase != Phase::Running {
+            self.ack_to.decline_finished(id);
+            return;
+        }
+        let mut pending = Vec::new();
+        let taken = match self.head.as_mut().expect("running subtasks have a chain") {
+            Head::Source(source) => source.checkpoint(id, &mut self.net, &mut pending),
+            Head::Input(_) => unreachable!("only sources are triggered"),
+        };
+        match taken {
+            Ok(()) => self.ack_to.acknowledge(id, pending),
+            Err(error) => self.fail(error, ctx),
+        }
+    }
+}
+
+impl Handler<NotifyCheckpoint> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, notify: NotifyCheckpoint, ctx: &mut Context<Self>) {
+        let Ok(head) = self.head.as_mut() else { return };
+        match head {
+            Head::Source(source) => source.notify_checkpoint(notify.id, notify.completed),
+            Head::Input(input) => input.notify_checkpoint(notify.id, notify.completed),
+        }
+        if !notify.completed {
+            // An aborted alignment releases its channels.
+            let actions = self.barriers.on_abort(notify.id);
+            for action in actions {
+                if action == Action::UnblockAll {
+                    self.gate.unblock_all();
+                }
+            }
+            if self.phase == Phase::Running && !self.pump_scheduled {
+                self.pump(ctx);
+            }
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum AbortReason {
     Subsumed,
     /// The job restarted or stopped.
     JobRestart,
+    /// Part of the job has finished: no barrier can reach it any more.
+    TasksFinished,
 }
 
 /// What the coordinator asks its shell to do.
@@ -103,6 +105,7 @@ pub struct Coordinator<A> {
     latest_completed: Option<CheckpointId>,
     consecutive_failures: u32,
     final_requested: bool,
+    triggering: bool,
     failed: bool,
 }
 
@@ -120,6 +123,7 @@ impl<A> Coordinator<A> {
             latest_completed: None,
             consecutive_failures: 0,
             final_requested: false,
+            triggering: true,
             failed: false,
         }
     }
@@ -165,6 +169,9 @@ impl<A> Coordinator<A> {
         if self.final_requested {
             return true;
         }
+        if !self.triggering {
+            return false;
+        }
         let Some(interval) = self.config.interval_ms else {
             return false;
         };
@@ -189,6 +196,12 @@ impl<A> Coordinator<A> {
             },
         );
         Command::Trigger { id, is_final }
+    }
+
+    /// No more periodic checkpoints (a source has finished, so no barrier could
+    /// cover the whole job); pending ones still complete or expire.
+    pub fn stop_triggering(&mut self) {
+        self.triggering = false;
     }
 
     /// Every source is exhausted: take a final checkpoint as soon as possible, so a
@@ -256,6 +269,14 @@ impl<A> Coordinator<A> {
         commands
     }
 
+    /// Checkpoint `id` cannot complete for a reason that is not a failure (part of
+    /// the job finished): abort it without counting it.
+    pub fn abandon(&mut self, id: CheckpointId, reason: AbortReason) -> Vec<Command<A>> {
+        let mut commands = Vec::new();
+        self.abort_quietly(id, reason, &mut commands);
+        commands
+    }
+
     /// The job restarts: every pending checkpoint is aborted (not counted as failed).
     pub fn abort_all(&mut self) -> Vec<Command<A>> {
         let mut commands = Vec::new();
@@ -314,6 +335,7 @@ fn describe(reason: &AbortReason) -> String {
         AbortReason::Expired => "expired before all subtasks acknowledged".into(),
         AbortReason::Subsumed => "subsumed by a newer checkpoint".into(),
         AbortReason::JobRestart => "the job restarted".into(),
+        AbortReason::TasksFinished => "part of the job has finished".into(),
     }
 }
 
@@ -461,6 +483,21 @@ mod tests {
                 is_final: true
             }]
         );
+    }
+
+    #[test]
+    fn an_abandoned_checkpoint_is_not_a_failure() {
+        let mut c = Coordinator::<u32>::new(config(1, 0), 2, 1);
+        c.tick(0);
+        let commands = c.abandon(1, AbortReason::TasksFinished);
+        assert_eq!(
+            commands,
+            vec![Command::NotifyAborted {
+                id: 1,
+                reason: AbortReason::TasksFinished
+            }]
+        );
+        assert_eq!(triggered(&c.tick(100)), vec![2], "no failure was counted");
     }
 
     #[test]
