@@ -5,8 +5,14 @@
 //!
 //!     cargo bench --bench running_sum                       # 10M records, 5 runs
 //!     WEIR_BENCH_RECORDS=100000000 WEIR_BENCH_RUNS=1 cargo bench --bench running_sum
+//!     WEIR_BENCH_CHECKPOINT_MS=1000 cargo bench --bench running_sum  # aligned checkpoints
+//!     WEIR_BENCH_BACKEND=rocksdb cargo bench --bench running_sum
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use weir::config::StateBackendChoice;
+use weir::state::checkpoints::list_checkpoint_ids;
+use weir::state::LocalCheckpointStorage;
+use weir::CheckpointConfig;
 use weir::{Context, JobConfig, Sink, Source, SourcePoll, StreamJob, SubtaskInfo};
 
 /// Subtask j of p emits i = j, j+p, j+2p, … below `end`.
@@ -71,11 +77,31 @@ fn main() {
     let records = env("WEIR_BENCH_RECORDS", 10_000_000);
     let keys = env("WEIR_BENCH_KEYS", 100_000);
     let runs = env("WEIR_BENCH_RUNS", 5);
+    let checkpoint_ms = env("WEIR_BENCH_CHECKPOINT_MS", 0);
+    let backend = match std::env::var("WEIR_BENCH_BACKEND").as_deref() {
+        Ok("rocksdb") => StateBackendChoice::RocksDb,
+        _ => StateBackendChoice::Memory,
+    };
+    if checkpoint_ms > 0 {
+        // Each completed checkpoint is logged with its duration and state size.
+        tracing_subscriber::fmt()
+            .with_env_filter("weir_actors=info")
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut rates = Vec::new();
+    let mut checkpoints = Vec::new();
     for run in 1..=runs {
+        let dir = tempfile::tempdir().expect("a temporary checkpoint directory");
+        let checkpoint = (checkpoint_ms > 0).then(|| CheckpointConfig {
+            interval: Duration::from_millis(checkpoint_ms),
+            ..CheckpointConfig::new(dir.path())
+        });
         let job = StreamJob::new(JobConfig {
             parallelism: 2,
             workers: 2,
+            state_backend: backend,
+            checkpoint,
             ..JobConfig::default()
         });
         job.source("generator", move |info| Sequence::new(info, records))
@@ -88,6 +114,16 @@ fn main() {
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(report.operator("null").map(|o| o.records_in), Some(records));
         let rate = records as f64 / seconds;
+        if checkpoint_ms > 0 {
+            let storage = LocalCheckpointStorage::new(dir.path()).expect("checkpoint storage");
+            checkpoints.push(
+                list_checkpoint_ids(&storage)
+                    .expect("listing")
+                    .last()
+                    .copied()
+                    .unwrap_or(0),
+            );
+        }
         println!(
             "run {run}: {records} records in {seconds:.3} s = {:.2} M records/s",
             rate / 1e6
@@ -95,8 +131,11 @@ fn main() {
         rates.push(rate);
     }
     rates.sort_by(f64::total_cmp);
+    if checkpoint_ms > 0 {
+        println!("checkpoints completed per run (every {checkpoint_ms} ms): {checkpoints:?}");
+    }
     println!(
-        "running_sum records={records} keys={keys} p=2 runs={runs} median={:.2} M records/s min={:.2} max={:.2} peak_rss={:.1} MB",
+        "running_sum records={records} keys={keys} p=2 backend={backend:?} checkpoint_ms={checkpoint_ms} runs={runs} median={:.2} M records/s min={:.2} max={:.2} peak_rss={:.1} MB",
         rates[rates.len() / 2] / 1e6,
         rates[0] / 1e6,
         rates[rates.len() - 1] / 1e6,
