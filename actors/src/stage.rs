@@ -58,6 +58,37 @@ pub struct PendingSnapshot {
     pub snapshot: AsyncSnapshot<SubtaskSnapshot>,
 }
 
+/// `on_idle` and `flush` of a stage that only passes them to the next one.
+macro_rules! forward_flow {
+    ($($next:tt)+) => {
+        fn on_idle(&mut self, idle: bool, net: &mut Network) {
+            self.$($next)+.on_idle(idle, net)
+        }
+
+        fn flush(&mut self, net: &mut Network) {
+            self.$($next)+.flush(net)
+        }
+    };
+}
+
+/// `checkpoint` and `notify_checkpoint` of a stage without state of its own.
+macro_rules! forward_checkpoints {
+    ($($next:tt)+) => {
+        fn checkpoint(
+            &mut self,
+            id: CheckpointId,
+            net: &mut Network,
+            snapshots: &mut Vec<PendingSnapshot>,
+        ) -> Result<(), StageError> {
+            self.$($next)+.checkpoint(id, net, snapshots)
+        }
+
+        fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+            self.$($next)+.notify_checkpoint(id, completed)
+        }
+    };
+}
+
 /// Runs user code, turning an `Err` or a panic into a failure of this subtask.
 pub(crate) fn guarded<R>(
     info: &SubtaskInfo,
@@ -207,31 +238,14 @@ impl<O: Operator> Input<O::In> for OperatorStage<O> {
             .advance(watermark, net, |ctx| op.on_watermark(watermark, ctx))
     }
 
-    fn on_idle(&mut self, idle: bool, net: &mut Network) {
-        self.core.next.on_idle(idle, net)
-    }
-
-    fn flush(&mut self, net: &mut Network) {
-        self.core.next.flush(net);
-    }
-
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
         let op = &mut self.op;
         self.core.end(net, |ctx| op.finish(ctx))
     }
 
-    fn checkpoint(
-        &mut self,
-        id: CheckpointId,
-        net: &mut Network,
-        snapshots: &mut Vec<PendingSnapshot>,
-    ) -> Result<(), StageError> {
-        self.core.next.checkpoint(id, net, snapshots)
-    }
+    forward_flow!(core.next);
 
-    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
-        self.core.next.notify_checkpoint(id, completed)
-    }
+    forward_checkpoints!(core.next);
 }
 
 pub struct KeyedStage<O: KeyedOperator> {
@@ -272,14 +286,6 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
                 &mut KeyedContext::new(ctx.reborrow(), backend, false),
             )
         })
-    }
-
-    fn on_idle(&mut self, idle: bool, net: &mut Network) {
-        self.core.next.on_idle(idle, net)
-    }
-
-    fn flush(&mut self, net: &mut Network) {
-        self.core.next.flush(net);
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
@@ -324,6 +330,8 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
         }
         self.core.next.notify_checkpoint(id, completed)
     }
+
+    forward_flow!(core.next);
 }
 
 pub struct SinkStage<S: Sink> {
@@ -584,30 +592,13 @@ impl<T: Data> InputHead for TypedHead<T> {
         self.0.on_watermark(watermark, net)
     }
 
-    fn on_idle(&mut self, idle: bool, net: &mut Network) {
-        self.0.on_idle(idle, net)
-    }
-
-    fn flush(&mut self, net: &mut Network) {
-        self.0.flush(net)
-    }
-
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
         self.0.finish(net)
     }
 
-    fn checkpoint(
-        &mut self,
-        id: CheckpointId,
-        net: &mut Network,
-        snapshots: &mut Vec<PendingSnapshot>,
-    ) -> Result<(), StageError> {
-        self.0.checkpoint(id, net, snapshots)
-    }
+    forward_flow!(0);
 
-    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
-        self.0.notify_checkpoint(id, completed)
-    }
+    forward_checkpoints!(0);
 }
 
 /// The head of a chain that starts with a source.
@@ -670,26 +661,15 @@ impl<S: Source> SourceHead for SourceStage<S> {
         Ok(status)
     }
 
-    fn flush(&mut self, net: &mut Network) {
-        self.core.next.flush(net)
-    }
-
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
         // The end of the input is the end of event time: every timer downstream fires.
         self.core.next.on_watermark(MAX_WATERMARK, net)?;
         self.core.next.finish(net)
     }
 
-    fn checkpoint(
-        &mut self,
-        id: CheckpointId,
-        net: &mut Network,
-        snapshots: &mut Vec<PendingSnapshot>,
-    ) -> Result<(), StageError> {
-        self.core.next.checkpoint(id, net, snapshots)
+    fn flush(&mut self, net: &mut Network) {
+        self.core.next.flush(net)
     }
 
-    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
-        self.core.next.notify_checkpoint(id, completed)
-    }
+    forward_checkpoints!(core.next);
 }
