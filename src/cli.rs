@@ -121,7 +121,7 @@ fn validate(file: &std::path::Path, set: &[String]) -> ExitCode {
     out.push_str(&format!("{}: valid\n", t.path));
     let j = &t.job;
     out.push_str(&format!(
-        "job `{}`: parallelism {}, max_parallelism {}, workers {}, batch_size {}, channel_capacity {}, linger {} ms\n\n",
+        "job `{}`: parallelism {}, max_parallelism {}, workers {}, batch_size {}, channel_capacity {}, linger {} ms\n",
         j.name,
         j.parallelism,
         j.max_parallelism,
@@ -134,6 +134,17 @@ fn validate(file: &std::path::Path, set: &[String]) -> ExitCode {
         j.channel_capacity,
         j.linger.as_millis()
     ));
+    out.push_str(&format!("state: {:?} backend", j.state_backend));
+    match &j.checkpoint {
+        Some(c) => out.push_str(&format!(
+            "; checkpoints every {} ms ({:?}) into {}, {} retained\n\n",
+            c.interval.as_millis(),
+            c.mode,
+            c.dir.display(),
+            c.retain
+        )),
+        None => out.push_str("; no checkpoints\n\n"),
+    }
     let type_of = |id: &str| {
         t.nodes
             .iter()

@@ -153,3 +153,76 @@ fn unaligned_mode_is_refused_until_it_exists() {
         .to_string();
     assert!(error.contains("not supported yet"), "{error}");
 }
+
+const CHECKPOINTED_TOML: &str = r#"
+[job]
+parallelism = 2
+
+[checkpoint]
+dir = "chk"
+interval_ms = 20
+retain = 2
+MODE
+
+[[source]]
+id = "numbers"
+type = "generator"
+count = 100000
+rate = 200000
+fields = { key = "i % 100", value = "i" }
+
+[[operator]]
+id = "by_key"
+type = "key_by"
+input = "numbers"
+key = "key"
+
+[[operator]]
+id = "sum"
+type = "sum"
+input = "by_key"
+field = "value"
+
+[[sink]]
+id = "out"
+type = "null"
+input = "sum"
+"#;
+
+fn weir_on(dir: &std::path::Path, mode_line: &str, command: &str) -> std::process::Output {
+    let topology = dir.join("job.toml");
+    std::fs::write(&topology, CHECKPOINTED_TOML.replace("MODE", mode_line)).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([command, topology.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_toml_checkpoint_table_checkpoints_the_job_into_its_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = weir_on(dir.path(), "mode = \"aligned\"", "run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let storage = LocalCheckpointStorage::new(dir.path().join("chk")).unwrap();
+    let ids = list_checkpoint_ids(&storage).unwrap();
+    assert_eq!(ids.len(), 2, "two retained: {ids:?}");
+    let metadata = load_checkpoint(&storage, *ids.last().unwrap(), Verify::Files).unwrap();
+    assert_eq!(metadata.operators["sum"].subtasks.len(), 2);
+}
+
+#[test]
+fn a_misspelled_checkpoint_mode_is_a_topology_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = weir_on(dir.path(), "mode = \"alinged\"", "validate");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("job.toml:9:8: unknown checkpoint mode `alinged`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("did you mean `aligned`?"), "{stderr}");
+}

@@ -55,6 +55,25 @@
 //! `--set lines.path=other.txt`, `--set counts.output=n` (values are TOML values;
 //! anything that is not one is taken as a string).
 //!
+//! ### Checkpoints
+//!
+//! An optional `[checkpoint]` table makes the job snapshot its keyed state periodically
+//! into `dir` (relative to the topology file): `chk-<id>/_metadata`, written last and
+//! durably, plus state files; the newest `retain` completed checkpoints are kept, and
+//! ids continue across runs. Recovery from them is not there yet.
+//!
+//! ```toml
+//! [checkpoint]
+//! dir = "checkpoints"       # required
+//! interval_ms = 1000
+//! timeout_ms = 60000
+//! min_pause_ms = 0
+//! max_concurrent = 1
+//! tolerable_failures = 0    # consecutive failed checkpoints before the job fails
+//! mode = "aligned"          # or "at_least_once"
+//! retain = 3
+//! ```
+//!
 //! ### Records
 //!
 //! Records are named fields with JSON-like values: null, bool, int (i64), float (f64),

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use weir_actors::config::StateBackendChoice;
+use weir_actors::config::{CheckpointConfig, CheckpointMode, StateBackendChoice};
 use weir_actors::JobConfig;
 use weir_state::key_group::MAX_MAX_PARALLELISM;
 
@@ -285,7 +285,17 @@ fn find_node_mut<'a>(document: &'a mut Val, id: &str) -> (Option<&'a mut Val>, V
 // ---------------------------------------------------------------------------------
 // Parsing
 
-const TOP_KEYS: &[&str] = &["job", "source", "operator", "sink"];
+const TOP_KEYS: &[&str] = &["job", "checkpoint", "source", "operator", "sink"];
+const CHECKPOINT_KEYS: &[&str] = &[
+    "dir",
+    "interval_ms",
+    "timeout_ms",
+    "min_pause_ms",
+    "max_concurrent",
+    "tolerable_failures",
+    "mode",
+    "retain",
+];
 const JOB_KEYS: &[&str] = &[
     "name",
     "parallelism",
@@ -304,13 +314,16 @@ fn parse_document(
     stem: &str,
 ) -> Result<(JobConfig, Vec<Node>), Problem> {
     let mut top = Reader::new("the topology", document)?;
-    let job = match top.get("job") {
+    let mut job = match top.get("job") {
         Some(v) => parse_job(v, stem, ctx)?,
         None => JobConfig {
             name: stem.to_string(),
             ..JobConfig::default()
         },
     };
+    if let Some(v) = top.get("checkpoint") {
+        job.checkpoint = Some(parse_checkpoint(v, ctx)?);
+    }
     let mut nodes = Vec::new();
     for role in [Role::Source, Role::Operator, Role::Sink] {
         let key = role.table();
@@ -393,6 +406,50 @@ fn parse_job(v: &Val, stem: &str, ctx: &Ctx) -> Result<JobConfig, Problem> {
     }
     r.finish(JOB_KEYS)?;
     Ok(job)
+}
+
+/// `[checkpoint]`: periodic checkpoints into `dir`.
+fn parse_checkpoint(v: &Val, ctx: &Ctx) -> Result<CheckpointConfig, Problem> {
+    let mut r = Reader::new("[checkpoint]", v)?;
+    let (dir, _) = r.required_string("dir", "\"checkpoints\"")?;
+    let mut config = CheckpointConfig::new(ctx.resolve(&dir));
+    let millis = |ms: i64| Duration::from_millis(ms as u64);
+    if let Some((ms, _)) = r.int("interval_ms", 1, 86_400_000, "1000")? {
+        config.interval = millis(ms);
+    }
+    if let Some((ms, _)) = r.int("timeout_ms", 1, 86_400_000, "60000")? {
+        config.timeout = millis(ms);
+    }
+    if let Some((ms, _)) = r.int("min_pause_ms", 0, 86_400_000, "0")? {
+        config.min_pause = millis(ms);
+    }
+    if let Some((n, _)) = r.int("max_concurrent", 1, 64, "1")? {
+        config.max_concurrent = n as usize;
+    }
+    if let Some((n, _)) = r.int("tolerable_failures", 0, 1_000_000, "0")? {
+        config.tolerable_failures = n as u32;
+    }
+    if let Some((n, _)) = r.int("retain", 1, 1_000, "3")? {
+        config.retain = n as usize;
+    }
+    if let Some((mode, at)) = r.string("mode", "\"aligned\"")? {
+        const MODES: &[&str] = &["aligned", "at_least_once"];
+        config.mode = match mode.as_str() {
+            "aligned" => CheckpointMode::Aligned,
+            "at_least_once" => CheckpointMode::AtLeastOnce,
+            _ => {
+                let fix = match closest(&mode, MODES) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "use `aligned` (exactly once) or `at_least_once`".to_string(),
+                };
+                return Err(
+                    Problem::new(&at, format!("unknown checkpoint mode `{mode}`")).fix(fix),
+                );
+            }
+        };
+    }
+    r.finish(CHECKPOINT_KEYS)?;
+    Ok(config)
 }
 
 fn too_parallel(what: &str, p: u32, at: &Origin, max: u32) -> Problem {
