@@ -45,6 +45,10 @@ pub enum Command {
         /// Never show the progress line, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        /// With a [checkpoint] table: start from the beginning instead of resuming
+        /// from the latest checkpoint.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Check a topology and print the resolved graph: parallelism, partitioning,
     /// chaining.
@@ -69,7 +73,13 @@ pub fn main() -> ExitCode {
             file,
             set,
             no_progress,
-        } => run(&file, &set, !no_progress && std::io::stderr().is_terminal()),
+            fresh,
+        } => run(
+            &file,
+            &set,
+            !no_progress && std::io::stderr().is_terminal(),
+            fresh,
+        ),
         Command::Validate { file, set } => validate(&file, &set),
     }
 }
@@ -252,11 +262,14 @@ fn job_error(t: &Topology, e: &JobError) -> ExitCode {
     }
 }
 
-fn run(file: &std::path::Path, set: &[String], progress: bool) -> ExitCode {
-    let t = match load(file, set) {
+fn run(file: &std::path::Path, set: &[String], progress: bool, fresh: bool) -> ExitCode {
+    let mut t = match load(file, set) {
         Ok(t) => t,
         Err(code) => return code,
     };
+    if let Some(checkpoint) = t.job.checkpoint.as_mut() {
+        checkpoint.resume = !fresh;
+    }
     let BuiltJob {
         graph, bad_records, ..
     } = topology::build(&t);
@@ -432,7 +445,9 @@ mod tests {
                 file,
                 set,
                 no_progress,
+                fresh,
             } => {
+                assert!(!fresh);
                 assert_eq!(file, PathBuf::from("job.toml"));
                 assert_eq!(set, ["job.parallelism=4", "src.path=x.csv"]);
                 assert!(!no_progress);

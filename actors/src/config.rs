@@ -48,6 +48,8 @@ pub struct CheckpointConfig {
     pub mode: CheckpointMode,
     /// Completed checkpoints kept.
     pub retain: usize,
+    /// Start from the latest valid checkpoint in `dir`, if there is one.
+    pub resume: bool,
 }
 
 impl CheckpointConfig {
@@ -61,6 +63,7 @@ impl CheckpointConfig {
             tolerable_failures: 0,
             mode: CheckpointMode::Aligned,
             retain: 3,
+            resume: true,
         }
     }
 }

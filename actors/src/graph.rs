@@ -10,8 +10,8 @@ use crate::operator::{Data, Key, KeyFn, KeyedOperator, Operator, Sink, Source, S
 use crate::partition::{KeyHashFn, Partitioner};
 use crate::plan::{plan, EdgeKind, NodeKind, Plan, PlanEdge, PlanNode};
 use crate::stage::{
-    guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage, SinkStage,
-    SourceHead, SourceStage, StageCore, Tee, TypedHead,
+    file_safe, guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage, SinkStage,
+    SourceHead, SourceStage, StageCore, Tee, TypedHead, POSITION,
 };
 use crate::time::generator::{WatermarkGenerator, WatermarkStrategy};
 use std::any::Any;
@@ -19,6 +19,7 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use weir_state::handle::{CheckpointMetadata, OperatorSnapshot};
 use weir_state::key_group::hash_key;
 use weir_state::{
     BackendKind, CheckpointStorage, KeyGroupRange, KeyedBackend, KeyedBackendConfig, RocksDbOptions,
@@ -196,9 +197,10 @@ impl<S: Source> NodeSpec for SourceSpec<S> {
         info: SubtaskInfo,
         counters: Arc<OperatorCounters>,
         next: Option<Box<dyn Any>>,
-        _env: &BuildEnv,
+        env: &BuildEnv,
     ) -> Result<Built, StageError> {
         let source = make(&self.0, &info)?;
+        let restore = env.source_position(&info)?;
         let next = take_input::<S::Out>(next.expect("a source feeds something"));
         let watermarks = self
             .1
@@ -208,6 +210,8 @@ impl<S: Source> NodeSpec for SourceSpec<S> {
             source,
             core: StageCore::new(info, counters, next),
             watermarks,
+            storage: env.storage.clone(),
+            restore,
         })))
     }
 }
@@ -276,38 +280,86 @@ pub(crate) struct BuildEnv {
     /// This job run's local state directory.
     pub state_dir: PathBuf,
     pub storage: Arc<dyn CheckpointStorage>,
+    /// The checkpoint this run continues from.
+    pub restore: Option<CheckpointMetadata>,
 }
 
 impl BuildEnv {
-    /// The keyed state backend of one subtask, for the key groups it owns.
+    fn failure(info: &SubtaskInfo, cause: String) -> StageError {
+        StageError {
+            operator: info.operator.to_string(),
+            subtask: info.index,
+            cause,
+        }
+    }
+
+    /// What the checkpoint being restored holds for this operator, if anything.
+    fn restored(&self, info: &SubtaskInfo) -> Option<&OperatorSnapshot> {
+        self.restore.as_ref()?.operators.get(info.operator.as_ref())
+    }
+
+    /// The keyed state backend of one subtask, for the key groups it owns, restored
+    /// from the checkpoint's handles of every old subtask of the operator.
     fn open_keyed_backend<K: Key>(
         &self,
         info: &SubtaskInfo,
     ) -> Result<KeyedBackend<K>, StageError> {
         let range = KeyGroupRange::for_subtask(info.index, info.parallelism, info.max_parallelism);
-        let name: String = info
-            .operator
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let name = format!("{name}-{}", info.index);
+        let name = format!("{}-{}", file_safe(&info.operator), info.index);
         let kind = match self.backend {
             StateBackendChoice::Memory => BackendKind::Memory,
             StateBackendChoice::RocksDb => {
                 BackendKind::RocksDb(RocksDbOptions::new(self.state_dir.join(&name)))
             }
         };
+        let handles = match self.restored(info) {
+            Some(old) if old.max_parallelism != info.max_parallelism => {
+                return Err(Self::failure(
+                    info,
+                    format!(
+                        "the checkpoint has {} key groups (max_parallelism) but the job has {}: keep max_parallelism = {}",
+                        old.max_parallelism, info.max_parallelism, old.max_parallelism
+                    ),
+                ))
+            }
+            Some(old) => old.keyed_handles(),
+            None => Vec::new(),
+        };
         let config = KeyedBackendConfig::new(name, range, info.max_parallelism);
-        KeyedBackend::open(&kind, config, &[], self.storage.as_ref()).map_err(|e| StageError {
-            operator: info.operator.to_string(),
-            subtask: info.index,
-            cause: format!("cannot open its {:?} state backend: {e}", self.backend),
+        KeyedBackend::open(&kind, config, &handles, self.storage.as_ref()).map_err(|e| {
+            Self::failure(
+                info,
+                format!("cannot open its {:?} state backend: {e}", self.backend),
+            )
+        })
+    }
+
+    /// The position a restored source subtask continues from.
+    fn source_position(&self, info: &SubtaskInfo) -> Result<Option<Vec<u8>>, StageError> {
+        let Some(old) = self.restored(info) else {
+            return Ok(None);
+        };
+        if old.subtasks.len() != info.parallelism as usize {
+            return Err(Self::failure(
+                info,
+                format!(
+                    "the checkpoint has this source at parallelism {}; sources resume only at the same parallelism",
+                    old.subtasks.len()
+                ),
+            ));
+        }
+        let snapshot = &old.subtasks[info.index as usize];
+        let Some((_, file)) = snapshot.extra.iter().find(|(name, _)| name == POSITION) else {
+            return Err(Self::failure(
+                info,
+                "the checkpoint holds no position for this source: it cannot resume (start with a fresh run)".into(),
+            ));
+        };
+        self.storage.read_file(file).map(Some).map_err(|e| {
+            Self::failure(
+                info,
+                format!("cannot read its position from the checkpoint: {e}"),
+            )
         })
     }
 }

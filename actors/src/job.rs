@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
+use weir_state::checkpoints::{latest_valid, Verify};
+use weir_state::handle::CheckpointMetadata;
 use weir_state::{CheckpointStorage, LocalCheckpointStorage};
 
 /// Everything subtasks need to build their chains, shared read-only.
@@ -160,10 +162,15 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
             )?)
         }
     };
+    let restore = match &graph.config.checkpoint {
+        Some(config) if config.resume => latest_checkpoint(storage.as_ref(), config)?,
+        _ => None,
+    };
     let env = BuildEnv {
         backend: graph.config.state_backend,
         state_dir: state.path.clone(),
         storage,
+        restore,
     };
     let deployment = Arc::new(Deployment {
         graph,
@@ -183,6 +190,27 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
         operators: metrics.snapshot(),
         elapsed: started.elapsed(),
     })
+}
+
+/// The newest valid checkpoint to resume from; damaged newer ones are skipped (and
+/// named) with a warning.
+fn latest_checkpoint(
+    storage: &dyn CheckpointStorage,
+    config: &crate::config::CheckpointConfig,
+) -> Result<Option<CheckpointMetadata>, JobError> {
+    let recovered = latest_valid(storage, Verify::Files).map_err(|e| {
+        JobError::Runtime(format!(
+            "cannot read the checkpoints in {}: {e}",
+            config.dir.display()
+        ))
+    })?;
+    Ok(recovered.map(|r| {
+        for (id, why) in &r.skipped {
+            tracing::warn!(checkpoint = id, reason = %why, "skipping a damaged checkpoint");
+        }
+        tracing::info!(checkpoint = r.metadata.checkpoint_id, dir = %config.dir.display(), "resuming from checkpoint");
+        r.metadata
+    }))
 }
 
 /// The job's local state directory; a temporary one is removed when the job ends.

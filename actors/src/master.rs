@@ -218,6 +218,11 @@ impl JobMaster {
                 Command::NotifyAborted { id, reason } => {
                     driver.triggered_at.remove(&id);
                     tracing::warn!(checkpoint = id, ?reason, "checkpoint aborted");
+                    // It will never complete: its private directory goes (acks that
+                    // arrive later are discarded on arrival).
+                    if let Err(e) = driver.store.discard_uncompleted(id, &[]) {
+                        tracing::warn!(checkpoint = id, error = %e, "could not clean up an aborted checkpoint");
+                    }
                     for subtask in &self.subtasks {
                         subtask.do_send(NotifyCheckpoint {
                             id,
@@ -285,6 +290,10 @@ impl Handler<SubtaskFinished> for JobMaster {
     fn handle(&mut self, _: SubtaskFinished, _: &mut Context<Self>) {
         self.running -= 1;
         if self.running == 0 {
+            if let Some(driver) = self.checkpoints.as_mut() {
+                let commands = driver.coordinator.abort_all();
+                self.execute(commands);
+            }
             self.end(Ok(()));
         }
     }

@@ -237,6 +237,18 @@ pub trait Source: Send + 'static {
 
     /// Emit at most `max` records.
     fn poll(&mut self, ctx: &mut Context<'_, Self::Out>, max: usize) -> anyhow::Result<SourcePoll>;
+
+    /// Where this source is in its input, taken at a checkpoint so a restarted job
+    /// continues exactly after the records the checkpoint covers. `None`: the source
+    /// cannot be resumed (restoring it then fails with a clear error).
+    fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Continues from a position [`Source::snapshot_position`] returned (after `open`).
+    fn restore_position(&mut self, _position: &[u8]) -> anyhow::Result<()> {
+        anyhow::bail!("this source reports no position, so it cannot resume from a checkpoint")
+    }
 }
 
 /// A sink subtask: the end of a stream.

@@ -22,6 +22,7 @@ use crate::time::generator::WatermarkGenerator;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
+use weir_state::storage::checkpoint_dir;
 use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, SnapshotKind};
 
 /// Something that takes batches of `T`.
@@ -51,6 +52,22 @@ pub trait Input<T> {
 }
 
 pub type BoxedInput<T> = Box<dyn Input<T>>;
+
+/// The name under which a source's position is kept in its subtask snapshot.
+pub const POSITION: &str = "position";
+
+/// A name made safe for file names: letters, digits and `-`; the rest become `_`.
+pub fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 /// The asynchronous part of one operator's snapshot in a subtask.
 pub struct PendingSnapshot {
@@ -619,15 +636,59 @@ pub trait SourceHead {
 pub struct SourceStage<S: Source> {
     pub source: S,
     pub core: StageCore<S::Out>,
+    /// Where the source's position goes at checkpoints.
+    pub storage: Arc<dyn CheckpointStorage>,
+    /// The position to continue from (a restored job).
+    pub restore: Option<Vec<u8>>,
     /// Assigns watermarks (and idleness) from the records' event times.
     pub watermarks: Option<WatermarkGenerator<S::Out>>,
 }
 
 impl<S: Source> SourceHead for SourceStage<S> {
     fn open(&mut self) -> Result<(), StageError> {
-        let (source, info) = (&mut self.source, &self.core.info);
-        guarded(info, || source.open(info))?;
+        let (source, info, restore) = (&mut self.source, &self.core.info, self.restore.take());
+        guarded(info, || {
+            source.open(info)?;
+            match restore {
+                Some(position) => source.restore_position(&position),
+                None => Ok(()),
+            }
+        })?;
         self.core.next.open()
+    }
+
+    fn checkpoint(
+        &mut self,
+        id: CheckpointId,
+        net: &mut Network,
+        snapshots: &mut Vec<PendingSnapshot>,
+    ) -> Result<(), StageError> {
+        let (source, info) = (&mut self.source, &self.core.info);
+        if let Some(position) = guarded(info, || source.snapshot_position())? {
+            let storage = self.storage.clone();
+            let path = format!(
+                "{}/{}-{}.position",
+                checkpoint_dir(id),
+                file_safe(&info.operator),
+                info.index
+            );
+            snapshots.push(PendingSnapshot {
+                operator: info.operator.to_string(),
+                snapshot: AsyncSnapshot::new(move || {
+                    let file = storage.write_file(&path, &position)?;
+                    Ok(SubtaskSnapshot {
+                        keyed: None,
+                        operator: None,
+                        extra: vec![(POSITION.to_string(), file)],
+                    })
+                }),
+            });
+        }
+        self.core.next.checkpoint(id, net, snapshots)
+    }
+
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+        self.core.next.notify_checkpoint(id, completed)
     }
 
     fn poll(&mut self, max: usize, net: &mut Network) -> Result<SourcePoll, StageError> {
@@ -670,6 +731,4 @@ impl<S: Source> SourceHead for SourceStage<S> {
     fn flush(&mut self, net: &mut Network) {
         self.core.next.flush(net)
     }
-
-    forward_checkpoints!(core.next);
 }

@@ -10,7 +10,7 @@ use crate::expr::{Env, Expr};
 use crate::record::{Record, Value};
 use anyhow::Context as _;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
@@ -167,6 +167,17 @@ impl Source for GeneratorSource {
         }
         Ok(SourcePoll::Ready)
     }
+
+    fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(Some(postcard::to_stdvec(&self.next)?))
+    }
+
+    fn restore_position(&mut self, position: &[u8]) -> anyhow::Result<()> {
+        self.next = postcard::from_bytes(position).context("a generator position")?;
+        // The rate counts from the restart.
+        (self.started, self.emitted) = (None, 0);
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -292,6 +303,36 @@ impl Source for FileSource {
             }
         }
         Ok(SourcePoll::Ready)
+    }
+
+    /// The number of lines read and the byte offset of the next one.
+    fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(Some(postcard::to_stdvec(&(self.line, self.offset))?))
+    }
+
+    fn restore_position(&mut self, position: &[u8]) -> anyhow::Result<()> {
+        let (line, offset): (u64, u64) =
+            postcard::from_bytes(position).context("a file position")?;
+        let reader = self
+            .reader
+            .as_mut()
+            .context("the file source restores after it is opened")?;
+        if line > 0 && self.decoder.expects_header() {
+            // The header names the fields of every later line: read it again.
+            self.buf.clear();
+            reader
+                .read_until(b'\n', &mut self.buf)
+                .with_context(|| format!("cannot read {}", self.spec.display))?;
+            let header = String::from_utf8_lossy(&self.buf);
+            self.decoder
+                .header(header.strip_suffix('\n').unwrap_or(&header))
+                .map_err(|e| anyhow::anyhow!("{}:1: {e}", self.spec.display))?;
+        }
+        reader
+            .seek(SeekFrom::Start(offset))
+            .with_context(|| format!("cannot seek in {}", self.spec.display))?;
+        (self.line, self.offset) = (line, offset);
+        Ok(())
     }
 }
 
