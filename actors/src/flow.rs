@@ -69,10 +69,6 @@ impl<B> OutputChannel<B> {
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
-
-    pub fn credits(&self) -> usize {
-        self.credits
-    }
 }
 
 #[cfg(test)]

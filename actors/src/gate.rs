@@ -23,10 +23,6 @@ impl<E> InputGate<E> {
         }
     }
 
-    pub fn channels(&self) -> usize {
-        self.queues.len()
-    }
-
     pub fn push(&mut self, channel: usize, event: E) {
         self.queues[channel].push_back(event);
     }

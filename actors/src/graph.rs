@@ -427,14 +427,6 @@ impl JobGraph {
         }
     }
 
-    pub fn config(&self) -> &JobConfig {
-        &self.config
-    }
-
-    pub fn config_mut(&mut self) -> &mut JobConfig {
-        &mut self.config
-    }
-
     /// Live counters of the job (empty until it runs).
     pub fn metrics(&self) -> Arc<JobMetrics> {
         self.metrics.clone()
@@ -525,10 +517,6 @@ impl JobGraph {
 
     pub fn set_parallelism(&mut self, node: NodeId, parallelism: u32) {
         self.nodes[node.0].parallelism = Some(parallelism);
-    }
-
-    pub fn name(&self, node: NodeId) -> &str {
-        &self.nodes[node.0].name
     }
 
     pub(crate) fn plan(&self) -> Result<Plan, JobError> {

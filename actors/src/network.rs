@@ -60,10 +60,6 @@ impl Network {
         }
     }
 
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
-    }
-
     /// Queue an event on a channel and send whatever its credits allow.
     pub fn send(&mut self, channel: usize, event: ChannelEvent<AnyBatch>) {
         let before = self.channels[channel].queued();

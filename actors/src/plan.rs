@@ -151,18 +151,6 @@ impl Plan {
             )
         }
     }
-
-    pub fn input_channel_count(&self, vertex: usize) -> usize {
-        self.inputs_of(vertex)
-            .map(|e| {
-                if e.kind == EdgeKind::Forward {
-                    1
-                } else {
-                    self.vertices[e.from_vertex].parallelism as usize
-                }
-            })
-            .sum()
-    }
 }
 
 fn invalid(msg: String) -> JobError {
@@ -383,7 +371,6 @@ mod tests {
         assert_eq!(plan.vertices[0].nodes, vec![0, 1]);
         assert_eq!(plan.vertices[1].nodes, vec![2, 3]);
         assert_eq!(plan.edges.len(), 1);
-        assert_eq!(plan.input_channel_count(1), 2);
         assert_eq!(plan.channel(&plan.edges[0], 1, 0), (1, 0));
         assert_eq!(plan.channel(&plan.edges[0], 0, 1), (0, 1));
     }

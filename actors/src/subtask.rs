@@ -42,8 +42,6 @@ enum Phase {
 }
 
 pub(crate) struct SubtaskActor {
-    name: String,
-    index: u32,
     /// Where checkpoints are acknowledged (with this subtask's number in the job).
     ack_to: AckTo,
     barriers: BarrierHandler,
@@ -81,11 +79,9 @@ impl SubtaskActor {
             master: master.clone(),
             subtask: number,
             index,
-            name: name.clone(),
+            name,
         };
         SubtaskActor {
-            name,
-            index,
             ack_to,
             barriers: BarrierHandler::new(mode, 0),
             mode,
@@ -227,7 +223,7 @@ impl SubtaskActor {
     fn finish_if_drained(&mut self, ctx: &mut Context<Self>) {
         if self.phase == Phase::Draining && !self.net.is_blocked() {
             self.phase = Phase::Over;
-            tracing::debug!(subtask = %self.name, index = self.index, "finished");
+            tracing::debug!(subtask = %self.ack_to.name, index = self.ack_to.index, "finished");
             self.master.do_send(SubtaskFinished);
             ctx.stop();
         }
@@ -380,8 +376,8 @@ impl Drop for SubtaskActor {
         // instead of hanging it.
         if self.phase != Phase::Over {
             self.master.do_send(SubtaskFailed(StageError {
-                operator: self.name.clone(),
-                subtask: self.index,
+                operator: self.ack_to.name.clone(),
+                subtask: self.ack_to.index,
                 cause: "the subtask was lost (its worker thread stopped)".into(),
             }));
         }

@@ -77,10 +77,6 @@ impl RestartTracker {
         }
     }
 
-    pub fn restarts(&self) -> u32 {
-        self.restarts
-    }
-
     /// A failure happened at `now_ms`: restart or give up?
     pub fn on_failure(&mut self, now_ms: u64, cause: String) -> Decision {
         let previous_failure = self.failures.last().map(|(t, _)| *t);
