@@ -25,15 +25,10 @@ use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
 use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, SnapshotKind};
 
-/// Something that takes batches of `T`.
-pub trait Input<T> {
+/// What every piece of a chain does besides taking records: its lifecycle and its
+/// part in checkpoints.
+pub trait ChainControl {
     fn open(&mut self) -> Result<(), StageError>;
-    /// Consume every record of `records` (the buffer stays for reuse).
-    fn push(&mut self, records: &mut Vec<T>, net: &mut Network) -> Result<(), StageError>;
-    /// The event-time watermark advanced.
-    fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError>;
-    /// The input became idle (or active again).
-    fn on_idle(&mut self, idle: bool, net: &mut Network);
     /// Send partly filled network batches.
     fn flush(&mut self, net: &mut Network);
     /// Every input has ended.
@@ -49,6 +44,16 @@ pub trait Input<T> {
     ) -> Result<(), StageError>;
     /// Checkpoint `id` completed (or was aborted).
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool);
+}
+
+/// Something that takes batches of `T`.
+pub trait Input<T>: ChainControl {
+    /// Consume every record of `records` (the buffer stays for reuse).
+    fn push(&mut self, records: &mut Vec<T>, net: &mut Network) -> Result<(), StageError>;
+    /// The event-time watermark advanced.
+    fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError>;
+    /// The input became idle (or active again).
+    fn on_idle(&mut self, idle: bool, net: &mut Network);
 }
 
 pub type BoxedInput<T> = Box<dyn Input<T>>;
@@ -73,19 +78,6 @@ pub fn file_safe(name: &str) -> String {
 pub struct PendingSnapshot {
     pub operator: String,
     pub snapshot: AsyncSnapshot<SubtaskSnapshot>,
-}
-
-/// `on_idle` and `flush` of a stage that only passes them to the next one.
-macro_rules! forward_flow {
-    ($($next:tt)+) => {
-        fn on_idle(&mut self, idle: bool, net: &mut Network) {
-            self.$($next)+.on_idle(idle, net)
-        }
-
-        fn flush(&mut self, net: &mut Network) {
-            self.$($next)+.flush(net)
-        }
-    };
 }
 
 /// `checkpoint` and `notify_checkpoint` of a stage without state of its own.
@@ -233,12 +225,6 @@ pub struct OperatorStage<O: Operator> {
 }
 
 impl<O: Operator> Input<O::In> for OperatorStage<O> {
-    fn open(&mut self) -> Result<(), StageError> {
-        let (op, info) = (&mut self.op, &self.core.info);
-        guarded(info, || op.open(info))?;
-        self.core.next.open()
-    }
-
     fn push(&mut self, records: &mut Vec<O::In>, net: &mut Network) -> Result<(), StageError> {
         self.core.counters.add_in(records.len());
         let op = &mut self.op;
@@ -255,12 +241,26 @@ impl<O: Operator> Input<O::In> for OperatorStage<O> {
             .advance(watermark, net, |ctx| op.on_watermark(watermark, ctx))
     }
 
+    fn on_idle(&mut self, idle: bool, net: &mut Network) {
+        self.core.next.on_idle(idle, net)
+    }
+}
+
+impl<O: Operator> ChainControl for OperatorStage<O> {
+    fn open(&mut self) -> Result<(), StageError> {
+        let (op, info) = (&mut self.op, &self.core.info);
+        guarded(info, || op.open(info))?;
+        self.core.next.open()
+    }
+
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
         let op = &mut self.op;
         self.core.end(net, |ctx| op.finish(ctx))
     }
 
-    forward_flow!(core.next);
+    fn flush(&mut self, net: &mut Network) {
+        self.core.next.flush(net)
+    }
 
     forward_checkpoints!(core.next);
 }
@@ -275,12 +275,6 @@ pub struct KeyedStage<O: KeyedOperator> {
 }
 
 impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
-    fn open(&mut self) -> Result<(), StageError> {
-        let (op, info, backend) = (&mut self.op, &self.core.info, &mut self.backend);
-        guarded(info, || op.open(info, backend))?;
-        self.core.next.open()
-    }
-
     fn push(&mut self, records: &mut Vec<O::In>, net: &mut Network) -> Result<(), StageError> {
         self.core.counters.add_in(records.len());
         let (op, key_of, backend) = (&mut self.op, &self.key_of, &mut self.backend);
@@ -303,6 +297,18 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
                 &mut KeyedContext::new(ctx.reborrow(), backend, false),
             )
         })
+    }
+
+    fn on_idle(&mut self, idle: bool, net: &mut Network) {
+        self.core.next.on_idle(idle, net)
+    }
+}
+
+impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
+    fn open(&mut self) -> Result<(), StageError> {
+        let (op, info, backend) = (&mut self.op, &self.core.info, &mut self.backend);
+        guarded(info, || op.open(info, backend))?;
+        self.core.next.open()
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
@@ -348,7 +354,9 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
         self.core.next.notify_checkpoint(id, completed)
     }
 
-    forward_flow!(core.next);
+    fn flush(&mut self, net: &mut Network) {
+        self.core.next.flush(net)
+    }
 }
 
 pub struct SinkStage<S: Sink> {
@@ -358,11 +366,6 @@ pub struct SinkStage<S: Sink> {
 }
 
 impl<S: Sink> Input<S::In> for SinkStage<S> {
-    fn open(&mut self) -> Result<(), StageError> {
-        let (sink, info) = (&mut self.sink, &self.info);
-        guarded(info, || sink.open(info))
-    }
-
     fn push(&mut self, records: &mut Vec<S::In>, _net: &mut Network) -> Result<(), StageError> {
         self.counters.add_in(records.len());
         let sink = &mut self.sink;
@@ -380,6 +383,13 @@ impl<S: Sink> Input<S::In> for SinkStage<S> {
     }
 
     fn on_idle(&mut self, _idle: bool, _net: &mut Network) {}
+}
+
+impl<S: Sink> ChainControl for SinkStage<S> {
+    fn open(&mut self) -> Result<(), StageError> {
+        let (sink, info) = (&mut self.sink, &self.info);
+        guarded(info, || sink.open(info))
+    }
 
     fn flush(&mut self, _net: &mut Network) {}
 
@@ -451,10 +461,6 @@ impl<T: Data> NetworkOutput<T> {
 }
 
 impl<T: Data> Input<T> for NetworkOutput<T> {
-    fn open(&mut self) -> Result<(), StageError> {
-        Ok(())
-    }
-
     fn push(&mut self, records: &mut Vec<T>, net: &mut Network) -> Result<(), StageError> {
         for record in records.drain(..) {
             match self.partitioner.select(&record) {
@@ -481,6 +487,12 @@ impl<T: Data> Input<T> for NetworkOutput<T> {
 
     fn on_idle(&mut self, idle: bool, net: &mut Network) {
         self.send_to_all(net, || ChannelEvent::Idle(idle));
+    }
+}
+
+impl<T: Data> ChainControl for NetworkOutput<T> {
+    fn open(&mut self) -> Result<(), StageError> {
+        Ok(())
     }
 
     fn flush(&mut self, net: &mut Network) {
@@ -525,10 +537,6 @@ impl<T> Tee<T> {
 }
 
 impl<T: Data> Input<T> for Tee<T> {
-    fn open(&mut self) -> Result<(), StageError> {
-        self.outputs.iter_mut().try_for_each(|o| o.open())
-    }
-
     fn push(&mut self, records: &mut Vec<T>, net: &mut Network) -> Result<(), StageError> {
         let (last, others) = self.outputs.split_last_mut().expect("a tee has outputs");
         for output in others {
@@ -546,6 +554,12 @@ impl<T: Data> Input<T> for Tee<T> {
 
     fn on_idle(&mut self, idle: bool, net: &mut Network) {
         self.outputs.iter_mut().for_each(|o| o.on_idle(idle, net));
+    }
+}
+
+impl<T: Data> ChainControl for Tee<T> {
+    fn open(&mut self) -> Result<(), StageError> {
+        self.outputs.iter_mut().try_for_each(|o| o.open())
     }
 
     fn flush(&mut self, net: &mut Network) {
@@ -575,29 +589,15 @@ impl<T: Data> Input<T> for Tee<T> {
 }
 
 /// The head of a chain fed from the network.
-pub trait InputHead {
-    fn checkpoint(
-        &mut self,
-        id: CheckpointId,
-        net: &mut Network,
-        snapshots: &mut Vec<PendingSnapshot>,
-    ) -> Result<(), StageError>;
-    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool);
-    fn open(&mut self) -> Result<(), StageError>;
+pub trait InputHead: ChainControl {
     fn push_batch(&mut self, batch: AnyBatch, net: &mut Network) -> Result<(), StageError>;
     fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError>;
     fn on_idle(&mut self, idle: bool, net: &mut Network);
-    fn flush(&mut self, net: &mut Network);
-    fn finish(&mut self, net: &mut Network) -> Result<(), StageError>;
 }
 
 pub struct TypedHead<T>(pub BoxedInput<T>);
 
 impl<T: Data> InputHead for TypedHead<T> {
-    fn open(&mut self) -> Result<(), StageError> {
-        self.0.open()
-    }
-
     fn push_batch(&mut self, batch: AnyBatch, net: &mut Network) -> Result<(), StageError> {
         let mut records = batch
             .downcast::<Vec<T>>()
@@ -609,28 +609,30 @@ impl<T: Data> InputHead for TypedHead<T> {
         self.0.on_watermark(watermark, net)
     }
 
+    fn on_idle(&mut self, idle: bool, net: &mut Network) {
+        self.0.on_idle(idle, net)
+    }
+}
+
+impl<T: Data> ChainControl for TypedHead<T> {
+    fn open(&mut self) -> Result<(), StageError> {
+        self.0.open()
+    }
+
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
         self.0.finish(net)
     }
 
-    forward_flow!(0);
+    fn flush(&mut self, net: &mut Network) {
+        self.0.flush(net)
+    }
 
     forward_checkpoints!(0);
 }
 
 /// The head of a chain that starts with a source.
-pub trait SourceHead {
-    fn checkpoint(
-        &mut self,
-        id: CheckpointId,
-        net: &mut Network,
-        snapshots: &mut Vec<PendingSnapshot>,
-    ) -> Result<(), StageError>;
-    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool);
-    fn open(&mut self) -> Result<(), StageError>;
+pub trait SourceHead: ChainControl {
     fn poll(&mut self, max: usize, net: &mut Network) -> Result<SourcePoll, StageError>;
-    fn flush(&mut self, net: &mut Network);
-    fn finish(&mut self, net: &mut Network) -> Result<(), StageError>;
 }
 
 pub struct SourceStage<S: Source> {
@@ -645,6 +647,39 @@ pub struct SourceStage<S: Source> {
 }
 
 impl<S: Source> SourceHead for SourceStage<S> {
+    fn poll(&mut self, max: usize, net: &mut Network) -> Result<SourcePoll, StageError> {
+        let core = &mut self.core;
+        let source = &mut self.source;
+        let status = guarded(&core.info, || {
+            source.poll(&mut Context::new(&mut core.out, &core.info), max)
+        })?;
+        let Some(generator) = self.watermarks.as_mut() else {
+            if !core.out.is_empty() {
+                core.counters.add_out(core.out.len());
+                core.next.push(&mut core.out, net)?;
+            }
+            return Ok(status);
+        };
+        let now = Instant::now();
+        let update = guarded(&core.info, || generator.observe(&core.out, now))?;
+        if update.active_again {
+            core.next.on_idle(false, net);
+        }
+        if !core.out.is_empty() {
+            core.counters.add_out(core.out.len());
+            core.next.push(&mut core.out, net)?;
+        }
+        if let Some(watermark) = update.watermark {
+            core.next.on_watermark(watermark, net)?;
+        }
+        if update.idle {
+            core.next.on_idle(true, net);
+        }
+        Ok(status)
+    }
+}
+
+impl<S: Source> ChainControl for SourceStage<S> {
     fn open(&mut self) -> Result<(), StageError> {
         let (source, info, restore) = (&mut self.source, &self.core.info, self.restore.take());
         guarded(info, || {
@@ -689,37 +724,6 @@ impl<S: Source> SourceHead for SourceStage<S> {
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
         self.core.next.notify_checkpoint(id, completed)
-    }
-
-    fn poll(&mut self, max: usize, net: &mut Network) -> Result<SourcePoll, StageError> {
-        let core = &mut self.core;
-        let source = &mut self.source;
-        let status = guarded(&core.info, || {
-            source.poll(&mut Context::new(&mut core.out, &core.info), max)
-        })?;
-        let Some(generator) = self.watermarks.as_mut() else {
-            if !core.out.is_empty() {
-                core.counters.add_out(core.out.len());
-                core.next.push(&mut core.out, net)?;
-            }
-            return Ok(status);
-        };
-        let now = Instant::now();
-        let update = guarded(&core.info, || generator.observe(&core.out, now))?;
-        if update.active_again {
-            core.next.on_idle(false, net);
-        }
-        if !core.out.is_empty() {
-            core.counters.add_out(core.out.len());
-            core.next.push(&mut core.out, net)?;
-        }
-        if let Some(watermark) = update.watermark {
-            core.next.on_watermark(watermark, net)?;
-        }
-        if update.idle {
-            core.next.on_idle(true, net);
-        }
-        Ok(status)
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {

@@ -18,7 +18,7 @@ use crate::master::{
 };
 use crate::network::{AnyBatch, Credit, Deliver, InputSource, Network, OutputTarget};
 use crate::operator::SourcePoll;
-use crate::stage::{InputHead, PendingSnapshot, SourceHead};
+use crate::stage::{ChainControl, InputHead, PendingSnapshot, SourceHead};
 use crate::time::watermarks::{WatermarkOutput, WatermarkTracker};
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use std::time::{Duration, Instant};
@@ -29,6 +29,16 @@ const PUMP_BATCHES: usize = 8;
 pub(crate) enum Head {
     Source(Box<dyn SourceHead>),
     Input(Box<dyn InputHead>),
+}
+
+impl Head {
+    /// The chain's lifecycle and checkpoint side, whatever its head.
+    fn control(&mut self) -> &mut dyn ChainControl {
+        match self {
+            Head::Source(source) => source.as_mut(),
+            Head::Input(input) => input.as_mut(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,14 +217,11 @@ impl SubtaskActor {
     }
 
     fn finish_chain(&mut self, ctx: &mut Context<Self>) -> Result<(), StageError> {
-        let net = &mut self.net;
-        match self.head.as_mut().expect("running subtasks have a chain") {
-            Head::Source(source) => {
-                self.master.do_send(SourceExhausted);
-                source.finish(net)?
-            }
-            Head::Input(input) => input.finish(net)?,
+        let head = self.head.as_mut().expect("running subtasks have a chain");
+        if matches!(head, Head::Source(_)) {
+            self.master.do_send(SourceExhausted);
         }
+        head.control().finish(&mut self.net)?;
         self.phase = Phase::Draining;
         self.finish_if_drained(ctx);
         Ok(())
@@ -245,11 +252,8 @@ impl SubtaskActor {
                 actor.linger_armed = false;
                 actor.net.has_partial = false;
                 if actor.phase == Phase::Running {
-                    let net = &mut actor.net;
-                    match actor.head.as_mut().expect("running subtasks have a chain") {
-                        Head::Source(source) => source.flush(net),
-                        Head::Input(input) => input.flush(net),
-                    }
+                    let head = actor.head.as_mut().expect("running subtasks have a chain");
+                    head.control().flush(&mut actor.net);
                 }
             });
         }
@@ -421,8 +425,7 @@ impl Handler<Start> for SubtaskActor {
     fn handle(&mut self, _: Start, ctx: &mut Context<Self>) {
         let opened = match &mut self.head {
             Err(error) => Err(error.clone()),
-            Ok(Head::Source(source)) => source.open(),
-            Ok(Head::Input(input)) => input.open(),
+            Ok(head) => head.control().open(),
         };
         if let Err(error) = opened {
             self.fail(error, ctx);
@@ -503,10 +506,8 @@ impl Handler<NotifyCheckpoint> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, notify: NotifyCheckpoint, ctx: &mut Context<Self>) {
         let Ok(head) = self.head.as_mut() else { return };
-        match head {
-            Head::Source(source) => source.notify_checkpoint(notify.id, notify.completed),
-            Head::Input(input) => input.notify_checkpoint(notify.id, notify.completed),
-        }
+        head.control()
+            .notify_checkpoint(notify.id, notify.completed);
         if !notify.completed {
             // An aborted alignment releases its channels.
             let actions = self.barriers.on_abort(notify.id);
