@@ -154,22 +154,24 @@ fn unaligned_mode_is_refused_until_it_exists() {
     assert!(error.contains("not supported yet"), "{error}");
 }
 
-const CHECKPOINTED_TOML: &str = r#"
+/// A keyed sum over a rate-limited generator, checkpointed into `chk`; the
+/// `[checkpoint]` settings, the record count and the sink type vary per test.
+fn checkpointed_topology(checkpoint_settings: &str, count: u64, sink: &str) -> String {
+    format!(
+        r#"
 [job]
 parallelism = 2
 
 [checkpoint]
 dir = "chk"
-interval_ms = 20
-retain = 2
-MODE
+{checkpoint_settings}
 
 [[source]]
 id = "numbers"
 type = "generator"
-count = 100000
+count = {count}
 rate = 200000
-fields = { key = "i % 100", value = "i" }
+fields = {{ key = "i % 100", value = "i" }}
 
 [[operator]]
 id = "by_key"
@@ -185,13 +187,16 @@ field = "value"
 
 [[sink]]
 id = "out"
-type = "null"
+type = "{sink}"
 input = "sum"
-"#;
+"#
+    )
+}
 
 fn weir_on(dir: &std::path::Path, mode_line: &str, command: &str) -> std::process::Output {
     let topology = dir.join("job.toml");
-    std::fs::write(&topology, CHECKPOINTED_TOML.replace("MODE", mode_line)).unwrap();
+    let settings = format!("interval_ms = 20\nretain = 2\n{mode_line}");
+    std::fs::write(&topology, checkpointed_topology(&settings, 100_000, "null")).unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
         .args([command, topology.to_str().unwrap()])
         .output()
@@ -339,38 +344,7 @@ fn a_killed_weir_run_resumes_and_ends_with_exact_sums() {
     let topology = dir.path().join("job.toml");
     std::fs::write(
         &topology,
-        r#"
-[job]
-parallelism = 2
-
-[checkpoint]
-dir = "chk"
-interval_ms = 50
-
-[[source]]
-id = "numbers"
-type = "generator"
-count = 400000
-rate = 200000
-fields = { key = "i % 100", value = "i" }
-
-[[operator]]
-id = "by_key"
-type = "key_by"
-input = "numbers"
-key = "key"
-
-[[operator]]
-id = "sum"
-type = "sum"
-input = "by_key"
-field = "value"
-
-[[sink]]
-id = "out"
-type = "stdout"
-input = "sum"
-"#,
+        checkpointed_topology("interval_ms = 50", 400_000, "stdout"),
     )
     .unwrap();
     let weir = || {
