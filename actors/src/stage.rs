@@ -42,8 +42,9 @@ pub trait ChainControl {
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError>;
-    /// Checkpoint `id` completed (or was aborted).
-    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool);
+    /// Checkpoint `id` completed (or was aborted). An `Err` (a sink that could not
+    /// commit) fails the subtask; the restore commits what the checkpoint lists.
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError>;
 }
 
 /// Something that takes batches of `T`.
@@ -92,7 +93,7 @@ macro_rules! forward_checkpoints {
             self.$($next)+.checkpoint(id, net, snapshots)
         }
 
-        fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+        fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
             self.$($next)+.notify_checkpoint(id, completed)
         }
     };
@@ -345,7 +346,7 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
         self.core.next.checkpoint(id, net, snapshots)
     }
 
-    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
         if completed {
             self.backend.notify_checkpoint_complete(id);
         } else {
@@ -407,7 +408,9 @@ impl<S: Sink> ChainControl for SinkStage<S> {
         Ok(())
     }
 
-    fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) {}
+    fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) -> Result<(), StageError> {
+        Ok(())
+    }
 }
 
 /// Partitions records into per-receiver batches on one network edge.
@@ -518,7 +521,9 @@ impl<T: Data> ChainControl for NetworkOutput<T> {
         Ok(())
     }
 
-    fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) {}
+    fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) -> Result<(), StageError> {
+        Ok(())
+    }
 }
 
 /// Hands every batch to several consumers (fan-out).
@@ -581,10 +586,14 @@ impl<T: Data> ChainControl for Tee<T> {
             .try_for_each(|o| o.checkpoint(id, net, snapshots))
     }
 
-    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
-        self.outputs
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
+        // Every branch hears of it, even after one failed.
+        let results: Vec<_> = self
+            .outputs
             .iter_mut()
-            .for_each(|o| o.notify_checkpoint(id, completed));
+            .map(|o| o.notify_checkpoint(id, completed))
+            .collect();
+        results.into_iter().collect()
     }
 }
 
@@ -722,7 +731,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
         self.core.next.checkpoint(id, net, snapshots)
     }
 
-    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) {
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
         self.core.next.notify_checkpoint(id, completed)
     }
 

@@ -506,8 +506,13 @@ impl Handler<NotifyCheckpoint> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, notify: NotifyCheckpoint, ctx: &mut Context<Self>) {
         let Ok(head) = self.head.as_mut() else { return };
-        head.control()
-            .notify_checkpoint(notify.id, notify.completed);
+        if let Err(error) = head
+            .control()
+            .notify_checkpoint(notify.id, notify.completed)
+        {
+            self.fail(error, ctx);
+            return;
+        }
         if !notify.completed {
             // An aborted alignment releases its channels.
             let actions = self.barriers.on_abort(notify.id);
