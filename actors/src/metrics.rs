@@ -35,6 +35,10 @@ pub struct OperatorReport {
 pub struct JobReport {
     pub operators: Vec<OperatorReport>,
     pub elapsed: Duration,
+    /// Times the supervisor restarted the job after a failure.
+    pub restarts: u32,
+    /// Checkpoints completed in this run (the final one included).
+    pub checkpoints: u64,
 }
 
 impl JobReport {
