@@ -111,6 +111,7 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
         elapsed: started.elapsed(),
         restarts: summary.restarts,
         checkpoints: summary.checkpoints,
+        recoveries: summary.recoveries,
     })
 }
 

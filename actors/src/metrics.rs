@@ -39,6 +39,9 @@ pub struct JobReport {
     pub restarts: u32,
     /// Checkpoints completed in this run (the final one included).
     pub checkpoints: u64,
+    /// Per restart: from the failure to every subtask running again (restart delay
+    /// and state restore included).
+    pub recoveries: Vec<Duration>,
 }
 
 impl JobReport {

@@ -89,10 +89,11 @@ pub(crate) struct Supervision {
 }
 
 /// What a successful run reports besides the operators' counters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct RunSummary {
     pub restarts: u32,
     pub checkpoints: u64,
+    pub recoveries: Vec<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +129,8 @@ pub(crate) struct JobMaster {
     /// Subtask actors of any attempt not yet dropped.
     alive: usize,
     failed_at: Option<Instant>,
+    /// From each failure to every subtask of the next attempt running (restored).
+    recoveries: Vec<Duration>,
     outcome: Option<oneshot::Sender<Result<RunSummary, JobError>>>,
     checkpoints: Option<CheckpointDriver>,
     started: Instant,
@@ -164,6 +167,7 @@ impl JobMaster {
             done: 0,
             alive: 0,
             failed_at: None,
+            recoveries: Vec::new(),
             outcome: Some(outcome),
             checkpoints,
             started: Instant::now(),
@@ -215,6 +219,7 @@ impl JobMaster {
             let summary = RunSummary {
                 restarts: self.attempt,
                 checkpoints: self.checkpoints.as_ref().map_or(0, |c| c.completed),
+                recoveries: std::mem::take(&mut self.recoveries),
             };
             let _ = outcome.send(result.map(|()| summary));
         }
@@ -349,9 +354,11 @@ impl Handler<SubtaskOpened> for JobMaster {
         self.opened += 1;
         if self.opened == self.subtask_count() {
             if let Some(failed_at) = self.failed_at.take() {
+                let recovery = failed_at.elapsed();
+                self.recoveries.push(recovery);
                 tracing::info!(
                     attempt = self.attempt,
-                    recovery_ms = failed_at.elapsed().as_secs_f64() * 1e3,
+                    recovery_ms = recovery.as_secs_f64() * 1e3,
                     "the job runs again"
                 );
             }
