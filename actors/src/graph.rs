@@ -11,7 +11,7 @@ use crate::partition::{KeyHashFn, Partitioner};
 use crate::plan::{plan, EdgeKind, NodeKind, Plan, PlanEdge, PlanNode};
 use crate::stage::{
     file_safe, guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage, SinkStage,
-    SourceHead, SourceStage, StageCore, Tee, TypedHead, POSITION,
+    SourceHead, SourceStage, StageCore, Tee, TypedHead, POSITION, SINK_STATE,
 };
 use crate::time::generator::{WatermarkGenerator, WatermarkStrategy};
 use std::any::Any;
@@ -19,7 +19,8 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use weir_state::handle::{CheckpointMetadata, OperatorSnapshot};
+use crate::sink::inherited_subtasks;
+use weir_state::handle::{CheckpointMetadata, OperatorSnapshot, SubtaskSnapshot};
 use weir_state::key_group::hash_key;
 use weir_state::{
     BackendKind, CheckpointStorage, KeyGroupRange, KeyedBackend, KeyedBackendConfig, RocksDbOptions,
@@ -262,13 +263,17 @@ impl<S: Sink> NodeSpec for SinkSpec<S> {
         info: SubtaskInfo,
         counters: Arc<OperatorCounters>,
         _next: Option<Box<dyn Any>>,
-        _env: &BuildEnv,
+        env: &BuildEnv,
     ) -> Result<Built, StageError> {
         let sink = make(&self.0, &info)?;
+        let restore = env.sink_states(&info)?;
         let stage: BoxedInput<S::In> = Box::new(SinkStage {
             sink,
             info,
             counters,
+            storage: env.storage.clone(),
+            restore: Some(restore),
+            checkpointing: env.checkpointing,
         });
         Ok(Built::Input(Box::new(stage)))
     }
@@ -282,6 +287,8 @@ pub(crate) struct BuildEnv {
     pub storage: Arc<dyn CheckpointStorage>,
     /// The checkpoint this run continues from.
     pub restore: Option<CheckpointMetadata>,
+    /// Whether the job checkpoints (sinks commit at the end of input if not).
+    pub checkpointing: bool,
 }
 
 impl BuildEnv {
@@ -349,16 +356,47 @@ impl BuildEnv {
             ));
         }
         let snapshot = &old.subtasks[info.index as usize];
-        let Some((_, file)) = snapshot.extra.iter().find(|(name, _)| name == POSITION) else {
-            return Err(Self::failure(
+        match self.extra_file(info, snapshot, POSITION, "its position")? {
+            Some(position) => Ok(Some(position)),
+            None => Err(Self::failure(
                 info,
                 "the checkpoint holds no position for this source: it cannot resume (start with a fresh run)".into(),
-            ));
+            )),
+        }
+    }
+
+    /// The pre-commit states a restored sink subtask takes over: those of every old
+    /// subtask `j` with `j % parallelism == index`, so at any parallelism each old
+    /// subtask's pending output is committed by exactly one new subtask.
+    fn sink_states(&self, info: &SubtaskInfo) -> Result<Vec<Vec<u8>>, StageError> {
+        let Some(old) = self.restored(info) else {
+            return Ok(Vec::new());
+        };
+        let mut states = Vec::new();
+        for j in inherited_subtasks(old.subtasks.len() as u32, info.parallelism, info.index) {
+            let snapshot = &old.subtasks[j as usize];
+            let what = format!("the state of its old subtask {j}");
+            states.extend(self.extra_file(info, snapshot, SINK_STATE, &what)?);
+        }
+        Ok(states)
+    }
+
+    /// The runtime file `name` of an old subtask's snapshot, read and verified;
+    /// `None` when the snapshot has no such file.
+    fn extra_file(
+        &self,
+        info: &SubtaskInfo,
+        snapshot: &SubtaskSnapshot,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<Vec<u8>>, StageError> {
+        let Some((_, file)) = snapshot.extra.iter().find(|(n, _)| n == name) else {
+            return Ok(None);
         };
         self.storage.read_file(file).map(Some).map_err(|e| {
             Self::failure(
                 info,
-                format!("cannot read its position from the checkpoint: {e}"),
+                format!("cannot read {what} from the checkpoint: {e}"),
             )
         })
     }
@@ -610,5 +648,82 @@ impl JobGraph {
     /// Runs the job to completion on its own actor system; blocks until then.
     pub fn run(self) -> Result<JobReport, JobError> {
         crate::job::execute(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_state::storage::LocalCheckpointStorage;
+
+    fn env_with_sink_states(dir: &std::path::Path, old: &[Option<&[u8]>]) -> BuildEnv {
+        let storage = Arc::new(LocalCheckpointStorage::new(dir).unwrap());
+        let subtasks = old
+            .iter()
+            .enumerate()
+            .map(|(j, state)| SubtaskSnapshot {
+                extra: state
+                    .map(|bytes| {
+                        let file = storage.write_file(&format!("chk-1/out-{j}.sink"), bytes);
+                        vec![(SINK_STATE.to_string(), file.unwrap())]
+                    })
+                    .unwrap_or_default(),
+                ..SubtaskSnapshot::default()
+            })
+            .collect();
+        let mut metadata = CheckpointMetadata::new(1);
+        metadata.operators.insert(
+            "out".into(),
+            OperatorSnapshot {
+                max_parallelism: 128,
+                subtasks,
+            },
+        );
+        BuildEnv {
+            backend: StateBackendChoice::Memory,
+            state_dir: dir.join("state"),
+            storage,
+            restore: Some(metadata),
+            checkpointing: true,
+        }
+    }
+
+    fn info(operator: &str, index: u32, parallelism: u32) -> SubtaskInfo {
+        SubtaskInfo {
+            operator: operator.into(),
+            index,
+            parallelism,
+            max_parallelism: 128,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn sink_subtasks_take_over_the_states_of_old_subtasks_modulo_their_parallelism() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_with_sink_states(dir.path(), &[Some(b"a"), None, Some(b"c"), Some(b"d")]);
+        let states = |index, parallelism| env.sink_states(&info("out", index, parallelism)).unwrap();
+        assert_eq!(states(0, 2), [b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!(states(1, 2), [b"d".to_vec()], "old subtask 1 had no state");
+        assert_eq!(states(0, 4), [b"a".to_vec()]);
+        assert!(states(5, 6).is_empty(), "a new subtask with no old one");
+        assert_eq!(states(0, 1).len(), 3);
+        assert!(
+            env.sink_states(&info("other", 0, 1)).unwrap().is_empty(),
+            "an operator the checkpoint does not know starts fresh"
+        );
+    }
+
+    #[test]
+    fn a_damaged_sink_state_fails_the_subtask_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_with_sink_states(dir.path(), &[Some(b"state")]);
+        std::fs::write(dir.path().join("chk-1/out-0.sink"), b"STATE").unwrap();
+        let error = env.sink_states(&info("out", 0, 1)).unwrap_err();
+        assert!(
+            error.cause.contains("the state of its old subtask 0"),
+            "{}",
+            error.cause
+        );
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use weir_state::{KeyedBackend, KeyedStateBackend};
 
+pub use crate::checkpoint::coordinator::CheckpointId;
 pub use crate::time::watermarks::{EventTime, MAX_WATERMARK, MIN_WATERMARK};
 
 /// What can travel as a record: owned, cloneable (for fan-out), sendable across
@@ -252,6 +253,27 @@ pub trait Source: Send + 'static {
 }
 
 /// A sink subtask: the end of a stream.
+///
+/// A sink that only implements `write` (and maybe `finish`) is at-least-once: after a
+/// failure the records since the last checkpoint are written again. A sink can be
+/// exactly-once with the two-phase commit hooks, which default to nothing:
+///
+/// 1. `open`, then `restore` once, before the first record, with the states that
+///    the subtasks of the restored checkpoint returned from `pre_commit` and that
+///    this subtask takes over (none on a fresh start). Make the output agree with
+///    them: commit what they list as pre-committed (idempotently: it may be
+///    committed already), discard whatever they do not cover.
+/// 2. `write` per record; output stays invisible to readers.
+/// 3. `pre_commit(n)` at checkpoint `n`'s barrier, after every record before it:
+///    make that output durable but still invisible, and return the state that
+///    `restore` needs to finish the job, stored in checkpoint `n`.
+/// 4. `commit(n)` once checkpoint `n` is complete (durable): make visible
+///    everything pre-committed at checkpoints `<= n`. An `Err` fails the subtask;
+///    the restart's `restore` commits it from the checkpoint.
+///
+/// `finish` (end of input) only flushes. A job that checkpoints ends with a final
+/// checkpoint, whose `pre_commit` and `commit` cover the rest; a job without
+/// checkpoints calls `pre_commit` and `commit` once right after `finish`.
 pub trait Sink: Send + 'static {
     type In: Data;
 
@@ -259,10 +281,28 @@ pub trait Sink: Send + 'static {
         Ok(())
     }
 
+    /// After `open`, before the first record: the states of the restored checkpoint
+    /// this subtask takes over (empty on a fresh start; several after a rescale).
+    fn restore(&mut self, _states: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     fn write(&mut self, record: Self::In) -> anyhow::Result<()>;
 
     /// Called once when every input has ended: flush everything.
     fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint`'s barrier: make the output so far durable (not yet
+    /// visible); the returned state goes into the checkpoint (`None`: nothing to keep).
+    fn pre_commit(&mut self, _checkpoint: CheckpointId) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Checkpoint `checkpoint` is complete: make visible what `pre_commit` prepared
+    /// for it and for every older checkpoint.
+    fn commit(&mut self, _checkpoint: CheckpointId) -> anyhow::Result<()> {
         Ok(())
     }
 }

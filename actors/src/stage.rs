@@ -360,11 +360,29 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
     }
 }
 
+/// The end of a chain: calls the sink per record and drives its two-phase commit
+/// (see [`Sink`]): `restore` after `open`, `pre_commit` at every checkpoint pass
+/// (its state is written off-thread into the checkpoint as the subtask snapshot's
+/// [`SINK_STATE`] file), `commit` on notify-complete.
 pub struct SinkStage<S: Sink> {
     pub sink: S,
     pub info: SubtaskInfo,
     pub counters: Arc<OperatorCounters>,
+    /// Where the sink's pre-commit states go at checkpoints.
+    pub storage: Arc<dyn CheckpointStorage>,
+    /// The states this subtask takes over from the restored checkpoint; handed to
+    /// `Sink::restore` once, after `open`.
+    pub restore: Option<Vec<Vec<u8>>>,
+    /// Whether the job checkpoints. If not, the end of input commits at once.
+    pub checkpointing: bool,
 }
+
+/// The name under which a sink's pre-commit state is kept in its subtask snapshot.
+pub const SINK_STATE: &str = "sink-state";
+
+/// The checkpoint id a sink's `pre_commit` and `commit` get at the end of input of a
+/// job without checkpoints (real checkpoint ids start at 1).
+pub const END_OF_INPUT_COMMIT: CheckpointId = 0;
 
 impl<S: Sink> Input<S::In> for SinkStage<S> {
     fn push(&mut self, records: &mut Vec<S::In>, _net: &mut Network) -> Result<(), StageError> {
@@ -389,27 +407,68 @@ impl<S: Sink> Input<S::In> for SinkStage<S> {
 impl<S: Sink> ChainControl for SinkStage<S> {
     fn open(&mut self) -> Result<(), StageError> {
         let (sink, info) = (&mut self.sink, &self.info);
-        guarded(info, || sink.open(info))
+        let states = self.restore.take().unwrap_or_default();
+        guarded(info, || {
+            sink.open(info)?;
+            sink.restore(states)
+        })
     }
 
     fn flush(&mut self, _net: &mut Network) {}
 
     fn finish(&mut self, _net: &mut Network) -> Result<(), StageError> {
         let sink = &mut self.sink;
-        guarded(&self.info, || sink.finish())
+        let checkpointing = self.checkpointing;
+        guarded(&self.info, || {
+            sink.finish()?;
+            if !checkpointing {
+                // No checkpoint will ever cover this output: commit it now.
+                sink.pre_commit(END_OF_INPUT_COMMIT)?;
+                sink.commit(END_OF_INPUT_COMMIT)?;
+            }
+            Ok(())
+        })
     }
 
     fn checkpoint(
         &mut self,
-        _: CheckpointId,
+        id: CheckpointId,
         _: &mut Network,
-        _: &mut Vec<PendingSnapshot>,
+        snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
+        let (sink, info) = (&mut self.sink, &self.info);
+        let Some(state) = guarded(info, || sink.pre_commit(id))? else {
+            return Ok(());
+        };
+        let storage = self.storage.clone();
+        let path = format!(
+            "{}/{}-{}.sink",
+            checkpoint_dir(id),
+            file_safe(&info.operator),
+            info.index
+        );
+        snapshots.push(PendingSnapshot {
+            operator: info.operator.to_string(),
+            snapshot: AsyncSnapshot::new(move || {
+                let file = storage.write_file(&path, &state)?;
+                Ok(SubtaskSnapshot {
+                    keyed: None,
+                    operator: None,
+                    extra: vec![(SINK_STATE.to_string(), file)],
+                })
+            }),
+        });
         Ok(())
     }
 
-    fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) -> Result<(), StageError> {
-        Ok(())
+    fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
+        // An aborted checkpoint commits nothing: what it pre-committed stays pending
+        // until a later checkpoint, which lists it again, completes.
+        if !completed {
+            return Ok(());
+        }
+        let sink = &mut self.sink;
+        guarded(&self.info, || sink.commit(id))
     }
 }
 
@@ -743,5 +802,170 @@ impl<S: Source> ChainControl for SourceStage<S> {
 
     fn flush(&mut self, net: &mut Network) {
         self.core.next.flush(net)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use weir_state::storage::LocalCheckpointStorage;
+
+    /// A sink that records the hooks it gets, returns `state` from `pre_commit`, and
+    /// fails its first `commit` when `fail_commit` is set.
+    struct Recording {
+        calls: Arc<Mutex<Vec<String>>>,
+        state: Option<Vec<u8>>,
+        fail_commit: bool,
+    }
+
+    impl Sink for Recording {
+        type In = u32;
+        fn open(&mut self, _: &SubtaskInfo) -> anyhow::Result<()> {
+            self.calls.lock().unwrap().push("open".into());
+            Ok(())
+        }
+        fn restore(&mut self, states: Vec<Vec<u8>>) -> anyhow::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("restore {states:?}"));
+            Ok(())
+        }
+        fn write(&mut self, record: u32) -> anyhow::Result<()> {
+            self.calls.lock().unwrap().push(format!("write {record}"));
+            Ok(())
+        }
+        fn finish(&mut self) -> anyhow::Result<()> {
+            self.calls.lock().unwrap().push("finish".into());
+            Ok(())
+        }
+        fn pre_commit(&mut self, id: CheckpointId) -> anyhow::Result<Option<Vec<u8>>> {
+            self.calls.lock().unwrap().push(format!("pre_commit {id}"));
+            Ok(self.state.clone())
+        }
+        fn commit(&mut self, id: CheckpointId) -> anyhow::Result<()> {
+            if std::mem::take(&mut self.fail_commit) {
+                panic!("commit {id} failed");
+            }
+            self.calls.lock().unwrap().push(format!("commit {id}"));
+            Ok(())
+        }
+    }
+
+    struct Fixture {
+        stage: SinkStage<Recording>,
+        calls: Arc<Mutex<Vec<String>>>,
+        storage: Arc<LocalCheckpointStorage>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(state: Option<&[u8]>, checkpointing: bool, restore: Vec<Vec<u8>>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(LocalCheckpointStorage::new(dir.path()).unwrap());
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let stage = SinkStage {
+            sink: Recording {
+                calls: calls.clone(),
+                state: state.map(<[u8]>::to_vec),
+                fail_commit: false,
+            },
+            info: SubtaskInfo {
+                operator: Arc::from("out sink"),
+                index: 1,
+                parallelism: 2,
+                max_parallelism: 128,
+                attempt: 0,
+            },
+            counters: Arc::default(),
+            storage: storage.clone(),
+            restore: Some(restore),
+            checkpointing,
+        };
+        Fixture {
+            stage,
+            calls,
+            storage,
+            _dir: dir,
+        }
+    }
+
+    fn taken(calls: &Mutex<Vec<String>>) -> Vec<String> {
+        std::mem::take(&mut *calls.lock().unwrap())
+    }
+
+    #[test]
+    fn restore_follows_open_and_pre_commit_state_lands_in_the_checkpoint() {
+        let mut f = fixture(Some(b"pending parts"), true, vec![b"old".to_vec()]);
+        let mut net = Network::new(Vec::new(), 1);
+        f.stage.open().unwrap();
+        f.stage.push(&mut vec![7], &mut net).unwrap();
+        let mut pending = Vec::new();
+        f.stage.checkpoint(5, &mut net, &mut pending).unwrap();
+        assert_eq!(
+            taken(&f.calls),
+            ["open", "restore [[111, 108, 100]]", "write 7", "pre_commit 5"]
+        );
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].operator, "out sink");
+        let snapshot = pending.pop().unwrap().snapshot.run().unwrap();
+        let (name, file) = &snapshot.extra[0];
+        assert_eq!(name, SINK_STATE);
+        assert_eq!(file.path, "chk-5/out_sink-1.sink");
+        assert_eq!(f.storage.read_file(file).unwrap(), b"pending parts");
+    }
+
+    #[test]
+    fn a_sink_without_state_adds_nothing_to_the_checkpoint() {
+        let mut f = fixture(None, true, Vec::new());
+        let mut net = Network::new(Vec::new(), 1);
+        f.stage.open().unwrap();
+        let mut pending = Vec::new();
+        f.stage.checkpoint(1, &mut net, &mut pending).unwrap();
+        assert!(pending.is_empty());
+        assert_eq!(taken(&f.calls), ["open", "restore []", "pre_commit 1"]);
+    }
+
+    #[test]
+    fn only_completed_checkpoints_commit() {
+        let mut f = fixture(Some(b"s"), true, Vec::new());
+        f.stage.open().unwrap();
+        taken(&f.calls);
+        f.stage.notify_checkpoint(3, false).unwrap();
+        f.stage.notify_checkpoint(4, true).unwrap();
+        assert_eq!(taken(&f.calls), ["commit 4"]);
+    }
+
+    #[test]
+    fn the_end_of_input_commits_at_once_only_without_checkpoints() {
+        let mut net = Network::new(Vec::new(), 1);
+        let mut checkpointed = fixture(Some(b"s"), true, Vec::new());
+        checkpointed.stage.open().unwrap();
+        taken(&checkpointed.calls);
+        checkpointed.stage.finish(&mut net).unwrap();
+        assert_eq!(taken(&checkpointed.calls), ["finish"]);
+
+        let mut plain = fixture(Some(b"s"), false, Vec::new());
+        plain.stage.open().unwrap();
+        taken(&plain.calls);
+        plain.stage.finish(&mut net).unwrap();
+        assert_eq!(
+            taken(&plain.calls),
+            [
+                "finish",
+                &format!("pre_commit {END_OF_INPUT_COMMIT}"),
+                &format!("commit {END_OF_INPUT_COMMIT}")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_panicking_commit_fails_the_subtask_with_its_cause() {
+        let mut f = fixture(Some(b"s"), true, Vec::new());
+        f.stage.sink.fail_commit = true;
+        f.stage.open().unwrap();
+        let error = f.stage.notify_checkpoint(2, true).unwrap_err();
+        assert_eq!((error.operator.as_str(), error.subtask), ("out sink", 1));
+        assert!(error.cause.contains("commit 2 failed"), "{}", error.cause);
     }
 }

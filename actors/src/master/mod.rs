@@ -195,6 +195,7 @@ impl JobMaster {
             state_dir: self.attempt_dir(self.attempt),
             storage: self.supervision.storage.clone(),
             restore,
+            checkpointing: self.checkpoints.is_some(),
         });
         let deployed = self
             .deployment

@@ -1,46 +1,123 @@
 //! Carries out the part-file operations of [`super::two_phase`] in a directory.
 //!
-//! Names, for subtask `s` and part `n` (`{n}` zero-padded to 6 digits):
-//! - in progress: `.part-{s}-{n}.inprogress` (hidden)
-//! - pending:     `.part-{s}-{n}.pending` (hidden; flushed and fsynced)
-//! - committed:   `part-{s}-{n}{suffix}` (visible; readers read only these)
+//! Names, for writer subtask `s`, attempt `a` and counter `n` (zero-padded to 6
+//! digits):
+//! - in progress: `.part-{s}-{a}-{n}.inprogress` (hidden)
+//! - pending:     `.part-{s}-{a}-{n}.pending` (hidden; flushed and fsynced)
+//! - committed:   `part-{s}-{a}-{n}{suffix}` (visible; readers read only these)
 //!
 //! Every rename is followed by an fsync of the directory, so a committed name survives
 //! a crash of the machine, not only of the process.
+//!
+//! Subtask `i` of `p` owns the hidden parts of every writer subtask `s` with
+//! `s % p == i`: the same old subtasks whose snapshots it takes over after a rescale
+//! (see [`super::inherited_subtasks`]), so between them the new subtasks clean up
+//! after every old one, and never touch each other's files.
 
-use super::two_phase::{FileOp, PartTracker, RollingPolicy, SinkSnapshot};
+use super::two_phase::{FileOp, PartId, PartTracker, RollingPolicy, SinkSnapshot, Writer};
 use crate::checkpoint::coordinator::CheckpointId;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// Which name a part file has now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartState {
+    InProgress,
+    Pending,
+    Committed,
+}
+
+/// Reads a part file's name back (`None`: not a part file of this sink).
+pub fn parse_part_name(name: &str, suffix: &str) -> Option<(PartId, PartState)> {
+    let (rest, state) = if let Some(hidden) = name.strip_prefix(".part-") {
+        if let Some(rest) = hidden.strip_suffix(".inprogress") {
+            (rest, PartState::InProgress)
+        } else {
+            (hidden.strip_suffix(".pending")?, PartState::Pending)
+        }
+    } else {
+        (
+            name.strip_prefix("part-")?.strip_suffix(suffix)?,
+            PartState::Committed,
+        )
+    };
+    let mut fields = rest.split('-');
+    let subtask = fields.next()?.parse().ok()?;
+    let attempt = fields.next()?.parse().ok()?;
+    let counter = fields.next()?.parse().ok()?;
+    if fields.next().is_some() {
+        return None;
+    }
+    let writer = Writer { subtask, attempt };
+    Some((PartId { writer, counter }, state))
+}
+
 pub struct PartFiles {
     dir: PathBuf,
+    /// This subtask and its parallelism: which writers' strays it deletes.
     subtask: u32,
+    parallelism: u32,
     suffix: String,
-    current: Option<(u64, BufWriter<File>)>,
+    current: Option<(PartId, BufWriter<File>)>,
 }
 
 impl PartFiles {
-    pub fn new(dir: impl Into<PathBuf>, subtask: u32, suffix: &str) -> io::Result<Self> {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        subtask: u32,
+        parallelism: u32,
+        suffix: &str,
+    ) -> io::Result<Self> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
         Ok(PartFiles {
             dir,
             subtask,
+            parallelism: parallelism.max(1),
             suffix: suffix.to_string(),
             current: None,
         })
     }
 
-    pub fn committed_path(&self, part: u64) -> PathBuf {
-        self.dir
-            .join(format!("part-{}-{part:06}{}", self.subtask, self.suffix))
+    fn stem(part: PartId) -> String {
+        format!(
+            "part-{}-{}-{:06}",
+            part.writer.subtask, part.writer.attempt, part.counter
+        )
     }
 
-    fn hidden_path(&self, part: u64, state: &str) -> PathBuf {
+    pub fn committed_path(&self, part: PartId) -> PathBuf {
         self.dir
-            .join(format!(".part-{}-{part:06}.{state}", self.subtask))
+            .join(format!("{}{}", Self::stem(part), self.suffix))
+    }
+
+    fn hidden_path(&self, part: PartId, state: &str) -> PathBuf {
+        self.dir.join(format!(".{}.{state}", Self::stem(part)))
+    }
+
+    /// The part files in the directory, by id and state.
+    fn list(&self) -> io::Result<Vec<(PartId, PartState, String)>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some((part, state)) = parse_part_name(name, &self.suffix) {
+                found.push((part, state, name.to_string()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Above every counter `writer` already uses in the directory, in any state.
+    pub fn first_free(&self, writer: Writer) -> io::Result<u64> {
+        Ok(self
+            .list()?
+            .iter()
+            .filter(|(part, _, _)| part.writer == writer)
+            .map(|(part, _, _)| part.counter + 1)
+            .max()
+            .unwrap_or(0))
     }
 
     /// Appends to the open in-progress part.
@@ -50,6 +127,14 @@ impl PartFiles {
             .as_mut()
             .ok_or_else(|| io::Error::other("no part file is open"))?;
         writer.write_all(bytes)
+    }
+
+    /// Hands buffered bytes of the open part to the file (no fsync).
+    pub fn flush(&mut self) -> io::Result<()> {
+        match self.current.as_mut() {
+            Some((_, writer)) => writer.flush(),
+            None => Ok(()),
+        }
     }
 
     pub fn apply(&mut self, ops: Vec<FileOp>) -> io::Result<()> {
@@ -95,18 +180,9 @@ impl PartFiles {
                 }
             }
             FileOp::DeleteStrays => {
-                let prefix = format!(".part-{}-", self.subtask);
-                for entry in fs::read_dir(&self.dir)? {
-                    let name = entry?.file_name();
-                    let Some(name) = name.to_str() else { continue };
-                    let Some(rest) = name.strip_prefix(&prefix) else {
-                        continue;
-                    };
-                    let is_part = rest
-                        .split('.')
-                        .next()
-                        .is_some_and(|n| n.parse::<u64>().is_ok());
-                    if is_part {
+                for (part, state, name) in self.list()? {
+                    let owned = part.writer.subtask % self.parallelism == self.subtask;
+                    if owned && state != PartState::Committed {
                         fs::remove_file(self.dir.join(name))?;
                     }
                 }
@@ -129,30 +205,53 @@ pub struct ExactlyOnceFileWriter {
 }
 
 impl ExactlyOnceFileWriter {
-    /// Opens subtask `subtask`'s writer in `dir`, restoring from `snapshot` if any
-    /// (committing what it lists, deleting what it does not).
+    /// Opens `writer`'s part files in `dir` (the writer is subtask `writer.subtask`
+    /// of `parallelism`), restoring from the snapshots of the old subtasks it takes
+    /// over (committing what they list, deleting what they left uncovered).
     pub fn open(
         dir: &Path,
-        subtask: u32,
+        writer: Writer,
+        parallelism: u32,
         suffix: &str,
         policy: RollingPolicy,
-        snapshot: Option<SinkSnapshot>,
+        snapshots: Vec<SinkSnapshot>,
     ) -> io::Result<Self> {
-        let mut files = PartFiles::new(dir, subtask, suffix)?;
-        let (tracker, ops) = PartTracker::restore(policy, snapshot);
+        let mut files = PartFiles::new(dir, writer.subtask, parallelism, suffix)?;
+        let first_free = files.first_free(writer)?;
+        let (tracker, ops) = PartTracker::restore(policy, writer, snapshots, first_free);
         files.apply(ops)?;
         Ok(ExactlyOnceFileWriter { tracker, files })
     }
 
-    pub fn write(&mut self, bytes: &[u8], now_ms: u64) -> io::Result<()> {
-        let ops = self.tracker.before_write(bytes.len() as u64, now_ms);
+    /// Starts a record of `len` bytes (closing and opening parts as the rolling
+    /// policy says); true when it opened a new part. Then [`Self::append`] it.
+    pub fn begin_record(&mut self, len: usize, now_ms: u64) -> io::Result<bool> {
+        let ops = self.tracker.before_write(len as u64, now_ms);
+        let opened = ops.iter().any(|op| matches!(op, FileOp::Open { .. }));
         self.files.apply(ops)?;
+        Ok(opened)
+    }
+
+    /// Appends to the open part (after [`Self::begin_record`]).
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.files.write(bytes)
+    }
+
+    /// One record: [`Self::begin_record`] and [`Self::append`].
+    pub fn write(&mut self, bytes: &[u8], now_ms: u64) -> io::Result<()> {
+        self.begin_record(bytes.len(), now_ms)?;
         self.files.write(bytes)
     }
 
     pub fn on_tick(&mut self, now_ms: u64) -> io::Result<()> {
         let ops = self.tracker.on_tick(now_ms);
         self.files.apply(ops)
+    }
+
+    /// Hands buffered bytes to the open part's file (the end of input; the part is
+    /// closed by the next snapshot).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.files.flush()
     }
 
     /// The pre-commit at checkpoint `id`'s barrier.
@@ -172,6 +271,10 @@ impl ExactlyOnceFileWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn writer(subtask: u32, attempt: u32) -> Writer {
+        Writer { subtask, attempt }
+    }
 
     fn visible_lines(dir: &Path) -> Vec<String> {
         let mut names: Vec<_> = fs::read_dir(dir)
@@ -202,7 +305,7 @@ mod tests {
     fn readers_see_only_committed_parts() {
         let dir = tempfile::tempdir().unwrap();
         let mut w =
-            ExactlyOnceFileWriter::open(dir.path(), 0, ".txt", RollingPolicy::default(), None)
+            ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 1, ".txt", RollingPolicy::default(), Vec::new())
                 .unwrap();
         write_range(&mut w, 0..10);
         assert!(
@@ -228,14 +331,14 @@ mod tests {
             max_part_bytes: 16,
             max_part_age_ms: u64::MAX,
         };
-        let mut w = ExactlyOnceFileWriter::open(dir.path(), 3, "", policy, None).unwrap();
+        let mut w = ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, Vec::new()).unwrap();
         write_range(&mut w, 0..20);
         let snapshot = w.snapshot(1).unwrap(); // durable in checkpoint 1
         write_range(&mut w, 20..30); // after the barrier: not covered
         drop(w); // crash before notify-complete reached the sink
 
         let mut w =
-            ExactlyOnceFileWriter::open(dir.path(), 3, "", policy, Some(snapshot.clone())).unwrap();
+            ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, vec![snapshot.clone()]).unwrap();
         assert_eq!(
             visible_lines(dir.path()),
             (0..20).map(|i| i.to_string()).collect::<Vec<_>>()
@@ -259,7 +362,7 @@ mod tests {
         // same checkpoint: committing again is harmless.
         write_range(&mut w, 20..30);
         drop(w);
-        let mut w = ExactlyOnceFileWriter::open(dir.path(), 3, "", policy, Some(snapshot)).unwrap();
+        let mut w = ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, vec![snapshot]).unwrap();
         write_range(&mut w, 20..30);
         w.snapshot(2).unwrap();
         w.notify_complete(2).unwrap();
@@ -273,23 +376,17 @@ mod tests {
     fn a_missing_pending_part_is_an_error_that_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut w =
-            ExactlyOnceFileWriter::open(dir.path(), 0, "", RollingPolicy::default(), None).unwrap();
+            ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 1, "", RollingPolicy::default(), Vec::new()).unwrap();
         write_range(&mut w, 0..3);
         let snapshot = w.snapshot(1).unwrap();
         drop(w);
-        fs::remove_file(dir.path().join(".part-0-000000.pending")).unwrap();
-        let error = ExactlyOnceFileWriter::open(
-            dir.path(),
-            0,
-            "",
-            RollingPolicy::default(),
-            Some(snapshot),
-        )
+        fs::remove_file(dir.path().join(".part-0-0-000000.pending")).unwrap();
+        let error = ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 1, "", RollingPolicy::default(), vec![snapshot])
         .err()
         .expect("restore must fail")
         .to_string();
         assert!(
-            error.contains(".part-0-000000.pending") && error.contains("part-0-000000"),
+            error.contains(".part-0-0-000000.pending") && error.contains("part-0-0-000000"),
             "{error}"
         );
     }
@@ -298,9 +395,121 @@ mod tests {
     fn other_subtasks_files_are_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let mut other =
-            ExactlyOnceFileWriter::open(dir.path(), 1, "", RollingPolicy::default(), None).unwrap();
+            ExactlyOnceFileWriter::open(dir.path(), writer(1, 0), 2, "", RollingPolicy::default(), Vec::new()).unwrap();
         write_range(&mut other, 0..3);
-        ExactlyOnceFileWriter::open(dir.path(), 0, "", RollingPolicy::default(), None).unwrap();
-        assert!(dir.path().join(".part-1-000000.inprogress").exists());
+        ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 2, "", RollingPolicy::default(), Vec::new()).unwrap();
+        assert!(dir.path().join(".part-1-0-000000.inprogress").exists());
+    }
+
+    fn hidden_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn part_names_read_back() {
+        let part = PartId {
+            writer: writer(3, 2),
+            counter: 17,
+        };
+        let files = PartFiles::new(tempfile::tempdir().unwrap().path(), 0, 1, ".jsonl").unwrap();
+        let name = |p: PathBuf| p.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(name(files.committed_path(part)), "part-3-2-000017.jsonl");
+        assert_eq!(
+            parse_part_name(&name(files.committed_path(part)), ".jsonl"),
+            Some((part, PartState::Committed))
+        );
+        assert_eq!(
+            parse_part_name(&name(files.hidden_path(part, "pending")), ".jsonl"),
+            Some((part, PartState::Pending))
+        );
+        assert_eq!(
+            parse_part_name(".part-3-2-000017.inprogress", ""),
+            Some((part, PartState::InProgress))
+        );
+        for other in ["part-3-2.jsonl", "part-3-2-x.jsonl", "notes.txt", ".part-1-2-3-4.pending"] {
+            assert_eq!(parse_part_name(other, ".jsonl"), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_rescaled_restore_commits_and_cleans_up_for_every_old_subtask_it_takes_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RollingPolicy::default();
+        // Three old subtasks (p = 3) pre-commit at checkpoint 1, then write more.
+        let snapshots: Vec<SinkSnapshot> = (0..3)
+            .map(|s| {
+                let mut w =
+                    ExactlyOnceFileWriter::open(dir.path(), writer(s, 0), 3, "", policy, Vec::new())
+                        .unwrap();
+                let first = s * 100;
+                write_range(&mut w, first..first + 5);
+                let snapshot = w.snapshot(1).unwrap();
+                write_range(&mut w, first + 5..first + 10); // not covered
+                snapshot
+            })
+            .collect();
+        // At p = 2, new subtask 0 takes old 0 and 2, new subtask 1 takes old 1.
+        let mut new0 = ExactlyOnceFileWriter::open(
+            dir.path(),
+            writer(0, 1),
+            2,
+            "",
+            policy,
+            vec![snapshots[0].clone(), snapshots[2].clone()],
+        )
+        .unwrap();
+        assert_eq!(
+            hidden_names(dir.path()),
+            [".part-1-0-000000.pending", ".part-1-0-000001.inprogress"],
+            "only old subtask 1's files are left, for new subtask 1"
+        );
+        let mut new1 = ExactlyOnceFileWriter::open(
+            dir.path(),
+            writer(1, 1),
+            2,
+            "",
+            policy,
+            vec![snapshots[1].clone()],
+        )
+        .unwrap();
+        assert!(hidden_names(dir.path()).is_empty());
+        let mut lines = visible_lines(dir.path());
+        lines.sort();
+        let mut expected: Vec<String> = [0, 100, 200]
+            .iter()
+            .flat_map(|f| (*f..f + 5).map(|i| i.to_string()))
+            .collect();
+        expected.sort();
+        assert_eq!(lines, expected);
+        write_range(&mut new0, 1000..1001);
+        write_range(&mut new1, 1001..1002);
+        new0.snapshot(2).unwrap();
+        new1.snapshot(2).unwrap();
+        new0.notify_complete(2).unwrap();
+        new1.notify_complete(2).unwrap();
+        assert_eq!(visible_lines(dir.path()).len(), 17);
+    }
+
+    #[test]
+    fn a_fresh_run_never_overwrites_committed_parts_of_an_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RollingPolicy::default();
+        for run in 0..2 {
+            let mut w =
+                ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 1, "", policy, Vec::new())
+                    .unwrap();
+            write_range(&mut w, run * 10..run * 10 + 3);
+            w.snapshot(1).unwrap();
+            w.notify_complete(1).unwrap();
+        }
+        let mut lines = visible_lines(dir.path());
+        lines.sort();
+        assert_eq!(lines, ["0", "1", "10", "11", "12", "2"]);
     }
 }

@@ -9,34 +9,70 @@
 //! pending part covered by a checkpoint `<= n` is **committed** (renamed to its
 //! visible name); readers only ever see committed parts.
 //!
-//! Recovery from checkpoint `n`: the parts its snapshot lists are committed (a part
-//! already committed is fine: commits are idempotent), everything else this subtask
-//! left behind (in-progress and pending parts written after `n`) is deleted, and the
-//! part counter continues from the snapshot, so no visible name is ever reused.
+//! Parts are named by their [`PartId`]: the writing subtask's index, its attempt (a
+//! restarted attempt never reuses a name of an earlier one, even if one of those is
+//! still winding down) and a counter.
+//!
+//! Recovery from checkpoint `n`: the parts listed by the snapshots this subtask takes
+//! over (its own, or several old subtasks' after a rescale) are committed (a part
+//! already committed is fine: commits are idempotent), then everything uncommitted
+//! that those old subtasks left behind (in-progress and pending parts written after
+//! `n`) is deleted. The counter continues after every number this writer's names
+//! already use, so no visible name is ever reused.
 
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::coordinator::CheckpointId;
 
+/// Which subtask attempt writes a part: part names are unique per writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Writer {
+    pub subtask: u32,
+    pub attempt: u32,
+}
+
+/// One part file, whatever its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartId {
+    pub writer: Writer,
+    pub counter: u64,
+}
+
 /// A closed part waiting for its checkpoint to complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingPart {
-    pub part: u64,
+    pub part: PartId,
     pub bytes: u64,
     /// The first checkpoint whose snapshot listed this part; `None` until a barrier.
     pub checkpoint: Option<CheckpointId>,
 }
 
 /// What a checkpoint stores for one sink subtask.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkSnapshot {
-    pub next_part: u64,
+    pub writer: Writer,
+    /// The next counter of `writer`.
+    pub next_counter: u64,
     pub pending: Vec<PendingPart>,
+}
+
+impl SinkSnapshot {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a sink snapshot always serializes")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RollingPolicy {
+    /// A part is closed before it would grow beyond this (a single larger record
+    /// still gets a part of its own).
     pub max_part_bytes: u64,
+    /// A part open this long is closed at the next record (checkpoints close every
+    /// part anyway).
     pub max_part_age_ms: u64,
 }
 
@@ -52,20 +88,20 @@ impl Default for RollingPolicy {
 /// File operations the shell carries out, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileOp {
-    /// Create in-progress part `part` and write to it from now on.
-    Open { part: u64 },
+    /// Create in-progress `part` and write to it from now on.
+    Open { part: PartId },
     /// Flush + fsync in-progress `part`, rename it to pending.
-    Close { part: u64 },
+    Close { part: PartId },
     /// Rename pending `part` to its visible name (no-op if already visible).
-    Commit { part: u64 },
-    /// Delete every in-progress or pending part of this subtask (run after the
-    /// commits of a restore: what is left was written after the checkpoint).
+    Commit { part: PartId },
+    /// Delete every in-progress or pending part left by the subtasks this one takes
+    /// over (run after the commits of a restore: what is left was not covered).
     DeleteStrays,
 }
 
 #[derive(Debug)]
 struct Open {
-    part: u64,
+    part: PartId,
     bytes: u64,
     opened_ms: u64,
 }
@@ -73,25 +109,38 @@ struct Open {
 #[derive(Debug)]
 pub struct PartTracker {
     policy: RollingPolicy,
-    next_part: u64,
+    writer: Writer,
+    next_counter: u64,
     open: Option<Open>,
     pending: Vec<PendingPart>,
 }
 
 impl PartTracker {
-    /// A fresh subtask, or one restored from `snapshot`; returns the file operations
-    /// that make the directory agree with the snapshot.
-    pub fn restore(policy: RollingPolicy, snapshot: Option<SinkSnapshot>) -> (Self, Vec<FileOp>) {
-        let snapshot = snapshot.unwrap_or_default();
-        let mut ops: Vec<FileOp> = snapshot
-            .pending
+    /// Writer `writer`, fresh or restored from the snapshots of the old subtasks it
+    /// takes over; returns the file operations that make the directory agree with
+    /// them. `first_free` is above every counter the directory already holds for
+    /// `writer` (a name from an earlier run is never overwritten).
+    pub fn restore(
+        policy: RollingPolicy,
+        writer: Writer,
+        snapshots: Vec<SinkSnapshot>,
+        first_free: u64,
+    ) -> (Self, Vec<FileOp>) {
+        let next_counter = snapshots
             .iter()
+            .filter(|s| s.writer == writer)
+            .map(|s| s.next_counter)
+            .fold(first_free, u64::max);
+        let mut ops: Vec<FileOp> = snapshots
+            .iter()
+            .flat_map(|s| &s.pending)
             .map(|p| FileOp::Commit { part: p.part })
             .collect();
         ops.push(FileOp::DeleteStrays);
         let tracker = PartTracker {
             policy,
-            next_part: snapshot.next_part,
+            writer,
+            next_counter,
             open: None,
             pending: Vec::new(),
         };
@@ -109,8 +158,11 @@ impl PartTracker {
             }
         }
         if self.open.is_none() {
-            let part = self.next_part;
-            self.next_part += 1;
+            let part = PartId {
+                writer: self.writer,
+                counter: self.next_counter,
+            };
+            self.next_counter += 1;
             self.open = Some(Open {
                 part,
                 bytes: 0,
@@ -157,7 +209,8 @@ impl PartTracker {
         (
             ops,
             SinkSnapshot {
-                next_part: self.next_part,
+                writer: self.writer,
+                next_counter: self.next_counter,
                 pending: self.pending.clone(),
             },
         )
@@ -186,6 +239,22 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::{BTreeMap, BTreeSet};
 
+    const WRITER: Writer = Writer {
+        subtask: 0,
+        attempt: 0,
+    };
+
+    fn part(counter: u64) -> PartId {
+        PartId {
+            writer: WRITER,
+            counter,
+        }
+    }
+
+    fn fresh() -> (PartTracker, Vec<FileOp>) {
+        PartTracker::restore(policy(), WRITER, Vec::new(), 0)
+    }
+
     fn policy() -> RollingPolicy {
         RollingPolicy {
             max_part_bytes: 100,
@@ -195,33 +264,33 @@ mod tests {
 
     #[test]
     fn parts_roll_at_barriers_and_commit_on_completion() {
-        let (mut t, ops) = PartTracker::restore(policy(), None);
+        let (mut t, ops) = fresh();
         assert_eq!(ops, vec![FileOp::DeleteStrays]);
-        assert_eq!(t.before_write(10, 0), vec![FileOp::Open { part: 0 }]);
+        assert_eq!(t.before_write(10, 0), vec![FileOp::Open { part: part(0) }]);
         let (ops, snap) = t.snapshot(1);
-        assert_eq!(ops, vec![FileOp::Close { part: 0 }]);
+        assert_eq!(ops, vec![FileOp::Close { part: part(0) }]);
         assert_eq!(
             snap.pending,
             vec![PendingPart {
-                part: 0,
+                part: part(0),
                 bytes: 10,
                 checkpoint: Some(1)
             }]
         );
-        assert_eq!(t.before_write(10, 5), vec![FileOp::Open { part: 1 }]);
-        assert_eq!(t.notify_complete(1), vec![FileOp::Commit { part: 0 }]);
+        assert_eq!(t.before_write(10, 5), vec![FileOp::Open { part: part(1) }]);
+        assert_eq!(t.notify_complete(1), vec![FileOp::Commit { part: part(0) }]);
         assert_eq!(t.uncommitted(), 1);
     }
 
     #[test]
     fn size_and_age_limits_close_parts_that_wait_for_the_next_checkpoint() {
-        let (mut t, _) = PartTracker::restore(policy(), None);
+        let (mut t, _) = fresh();
         t.before_write(60, 0);
         assert_eq!(
             t.before_write(60, 1),
-            vec![FileOp::Close { part: 0 }, FileOp::Open { part: 1 }]
+            vec![FileOp::Close { part: part(0) }, FileOp::Open { part: part(1) }]
         );
-        assert_eq!(t.on_tick(2_000), vec![FileOp::Close { part: 1 }]);
+        assert_eq!(t.on_tick(2_000), vec![FileOp::Close { part: part(1) }]);
         assert_eq!(
             t.notify_complete(9),
             vec![],
@@ -231,33 +300,81 @@ mod tests {
         assert_eq!(snap.pending.len(), 2);
         assert_eq!(
             t.notify_complete(10),
-            vec![FileOp::Commit { part: 0 }, FileOp::Commit { part: 1 }]
+            vec![FileOp::Commit { part: part(0) }, FileOp::Commit { part: part(1) }]
         );
     }
 
     #[test]
     fn restore_commits_listed_parts_and_continues_numbering() {
         let snapshot = SinkSnapshot {
-            next_part: 7,
+            writer: WRITER,
+            next_counter: 7,
             pending: vec![PendingPart {
-                part: 6,
+                part: part(6),
                 bytes: 3,
                 checkpoint: Some(4),
             }],
         };
-        let (mut t, ops) = PartTracker::restore(policy(), Some(snapshot));
-        assert_eq!(ops, vec![FileOp::Commit { part: 6 }, FileOp::DeleteStrays]);
-        assert_eq!(t.before_write(1, 0), vec![FileOp::Open { part: 7 }]);
+        let (mut t, ops) = PartTracker::restore(policy(), WRITER, vec![snapshot.clone()], 0);
+        assert_eq!(ops, vec![FileOp::Commit { part: part(6) }, FileOp::DeleteStrays]);
+        assert_eq!(t.before_write(1, 0), vec![FileOp::Open { part: part(7) }]);
+        // Names the directory already holds for this writer are skipped too.
+        let (mut t, _) = PartTracker::restore(policy(), WRITER, vec![snapshot], 12);
+        assert_eq!(t.before_write(1, 0), vec![FileOp::Open { part: part(12) }]);
+    }
+
+    #[test]
+    fn a_rescaled_restore_commits_every_old_writers_parts_under_a_name_of_its_own() {
+        let old = |subtask: u32, counter: u64| SinkSnapshot {
+            writer: Writer {
+                subtask,
+                attempt: 0,
+            },
+            next_counter: counter + 1,
+            pending: vec![PendingPart {
+                part: PartId {
+                    writer: Writer {
+                        subtask,
+                        attempt: 0,
+                    },
+                    counter,
+                },
+                bytes: 1,
+                checkpoint: Some(3),
+            }],
+        };
+        let me = Writer {
+            subtask: 0,
+            attempt: 2,
+        };
+        let (mut t, ops) = PartTracker::restore(policy(), me, vec![old(0, 5), old(2, 9)], 0);
+        assert_eq!(
+            ops,
+            vec![
+                FileOp::Commit {
+                    part: old(0, 5).pending[0].part
+                },
+                FileOp::Commit {
+                    part: old(2, 9).pending[0].part
+                },
+                FileOp::DeleteStrays
+            ]
+        );
+        let new = PartId {
+            writer: me,
+            counter: 0,
+        };
+        assert_eq!(t.before_write(1, 0), vec![FileOp::Open { part: new }]);
     }
 
     /// A file system that keeps part contents by state, to replay the protocol with
     /// crashes: a crash loses the tracker and whatever was not committed or listed.
     #[derive(Default)]
     struct Files {
-        in_progress: BTreeMap<u64, Vec<u32>>,
-        pending: BTreeMap<u64, Vec<u32>>,
-        visible: BTreeMap<u64, Vec<u32>>,
-        writing: Option<u64>,
+        in_progress: BTreeMap<PartId, Vec<u32>>,
+        pending: BTreeMap<PartId, Vec<u32>>,
+        visible: BTreeMap<PartId, Vec<u32>>,
+        writing: Option<PartId>,
     }
 
     impl Files {
@@ -294,23 +411,38 @@ mod tests {
                 }
             }
         }
+
+        /// What the shell finds by listing the directory: above every counter of
+        /// `writer` in any state.
+        fn first_free(&self, writer: Writer) -> u64 {
+            self.in_progress
+                .keys()
+                .chain(self.pending.keys())
+                .chain(self.visible.keys())
+                .filter(|p| p.writer == writer)
+                .map(|p| p.counter + 1)
+                .max()
+                .unwrap_or(0)
+        }
     }
 
     proptest! {
-        /// Records 0..n written with checkpoints, completions and crashes at random:
+        /// Records 0..n written with checkpoints, completions and crashes at random
+        /// (restarts in-process with a new attempt, or reruns with attempt 0 again):
         /// after a final checkpoint, the visible parts hold every record exactly once.
         #[test]
         fn crashes_never_lose_or_duplicate_committed_records(
-            steps in proptest::collection::vec(0u8..10, 1..200),
+            steps in proptest::collection::vec(0u8..11, 1..200),
         ) {
             let mut files = Files::default();
-            let (mut tracker, ops) = PartTracker::restore(policy(), None);
+            let (mut tracker, ops) = fresh();
             files.apply(ops);
             // The durable checkpoint: its snapshot and the input position it covers.
             let mut completed: Option<(SinkSnapshot, u32)> = None;
             let mut taken: Vec<(CheckpointId, SinkSnapshot, u32)> = Vec::new();
             let (mut next_record, mut next_id, mut now) = (0u32, 1u64, 0u64);
             let mut unnotified = None;
+            let mut attempt = 0;
             for step in steps {
                 now += 7;
                 match step {
@@ -336,10 +468,18 @@ mod tests {
                     8 => if let Some(id) = unnotified.take() {
                         files.apply(tracker.notify_complete(id));
                     },
-                    _ => {
-                        // Crash: restart from the last completed checkpoint.
+                    crash => {
+                        // Restart from the last completed checkpoint: in-process as
+                        // the next attempt, or as a new run (attempt 0 again).
+                        attempt = if crash == 9 { attempt + 1 } else { 0 };
+                        let writer = Writer { subtask: 0, attempt };
                         let (snap, position) = completed.clone().map_or((None, 0), |(s, p)| (Some(s), p));
-                        let (restored, ops) = PartTracker::restore(policy(), snap);
+                        let (restored, ops) = PartTracker::restore(
+                            policy(),
+                            writer,
+                            snap.into_iter().collect(),
+                            files.first_free(writer),
+                        );
                         tracker = restored;
                         files.writing = None;
                         files.apply(ops);
