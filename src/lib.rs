@@ -9,7 +9,8 @@ pub use api::{DataStream, KeyedStream, StreamJob, UnionStream};
 /// Job settings (`JobConfig`, the state backend choice).
 pub use weir_actors::config;
 pub use weir_actors::{
-    CheckpointConfig, CheckpointMode, Context, Data, EventTime, JobConfig, JobError, JobMetrics,
+    CheckpointConfig, CheckpointId, CheckpointMode, Context, Data, EventTime, ExactlyOnceFileSink,
+    JobConfig, JobError, JobMetrics,
     JobReport, Key, KeyedContext, KeyedOperator, NodeDescription, Operator, OperatorReport,
     RestartStrategy, Sink, Source, SourcePoll, SubtaskInfo, WatermarkStrategy, MAX_WATERMARK,
     MIN_WATERMARK,

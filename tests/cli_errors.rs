@@ -489,3 +489,44 @@ fn misspelled_fields_are_caught_before_running() {
         "{e}"
     );
 }
+
+#[test]
+fn exactly_once_sink_without_checkpoints() {
+    let sink = "type = \"file\"\npath = \"out\"\nsemantics = \"exactly_once\"";
+    let e = bad(&BASE.replace("type = \"null\"", sink), &[]);
+    assert_message(
+        &e,
+        "error: t.toml:30:13: sink `out` is exactly-once but the job does not checkpoint: its part files are committed when a checkpoint completes",
+        "add a [checkpoint] table (e.g. `[checkpoint]` with `dir = \"checkpoints\"`), or use `semantics = \"at_least_once\"`",
+    );
+    let checkpointed = format!(
+        "{}\n[checkpoint]\ndir = \"chk\"\nmode = \"at_least_once\"\n",
+        BASE.replace("type = \"null\"", sink)
+    );
+    let e = bad(&checkpointed, &[]);
+    assert!(
+        e.starts_with("error: t.toml:30:13: sink `out` is exactly-once but [checkpoint] mode is `at_least_once`"),
+        "{e}"
+    );
+    let e = bad(
+        &BASE.replace(
+            "type = \"null\"",
+            "type = \"file\"\npath = \"out.jsonl\"\nroll_bytes = 1000",
+        ),
+        &[],
+    );
+    assert_message(
+        &e,
+        "error: t.toml:30:1: `roll_bytes` applies only to exactly-once file sinks",
+        "add `semantics = \"exactly_once\"` (part files in the directory `path`), or remove it",
+    );
+    let e = bad(
+        &BASE.replace("type = \"null\"", "type = \"file\"\npath = \"o\"\nsemantics = \"exactly-once\""),
+        &[],
+    );
+    assert_message(
+        &e,
+        "error: t.toml:30:13: unknown semantics `exactly-once`",
+        "did you mean `exactly_once`?",
+    );
+}

@@ -26,7 +26,9 @@ pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
-    Context, Data, EventTime, Key, KeyedContext, KeyedOperator, Operator, Sink, Source, SourcePoll,
+    CheckpointId, Context, Data, EventTime, Key, KeyedContext, KeyedOperator, Operator, Sink, Source, SourcePoll,
     SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
 };
+pub use sink::file_sink::ExactlyOnceFileSink;
+pub use sink::two_phase::RollingPolicy;
 pub use time::generator::WatermarkStrategy;

@@ -15,7 +15,9 @@ pub use operators::{
     AggKind, AggSpec, AggregateOperator, FilterOperator, FlatMapOperator, FlatMapSpec, MapOperator,
     MapSpec, SplitMode,
 };
-pub use sinks::{FileSink, NullSink, SinkFormat, StdoutSink};
+pub use sinks::{
+    exactly_once_file_sink, ExactlyOnceFilesSpec, FileSink, NullSink, SinkFormat, StdoutSink,
+};
 pub use sources::{
     FileSource, FileSourceSpec, GeneratorSource, GeneratorSpec, StdinSource, StdinSpec,
 };

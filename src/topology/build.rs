@@ -7,7 +7,7 @@
 
 use super::model::{NodeKind, Topology};
 use crate::builtins::{
-    AggSpec, AggregateOperator, BadRecordStats, DeadLetterFile, FileSink, FileSource,
+    exactly_once_file_sink, AggSpec, AggregateOperator, BadRecordStats, DeadLetterFile, FileSink, FileSource,
     FilterOperator, FlatMapOperator, GeneratorSource, MapOperator, NullSink, OnError, StdinSource,
     StdoutSink,
 };
@@ -170,6 +170,10 @@ pub fn build(t: &Topology) -> BuiltJob {
             NodeKind::FileSink(path, format) => {
                 let (path, format) = (path.clone(), *format);
                 graph.add_sink(name, move |_| FileSink::new(path.clone(), format))
+            }
+            NodeKind::ExactlyOnceFiles(spec, _) => {
+                let files = exactly_once_file_sink(spec);
+                graph.add_sink(name, move |_| files.clone())
             }
             NodeKind::Null => graph.add_sink(name, |_| NullSink),
         };

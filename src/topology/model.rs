@@ -7,7 +7,7 @@ use super::doc::{self, Kind, Reader, Val};
 use super::error::{Origin, Problem, TopologyError};
 use crate::builtins::{
     AggKind, DecodeSpec, FieldType, FileSourceSpec, FlatMapSpec, Format, GeneratorSpec, MapSpec,
-    OnError, SinkFormat, SplitMode, StdinSpec,
+    ExactlyOnceFilesSpec, OnError, SinkFormat, SplitMode, StdinSpec,
 };
 use crate::expr::Expr;
 use std::collections::HashMap;
@@ -108,6 +108,8 @@ pub enum NodeKind {
     },
     Stdout(SinkFormat),
     FileSink(PathBuf, SinkFormat),
+    /// `type = "file"` with `semantics = "exactly_once"`; where `semantics` was set.
+    ExactlyOnceFiles(Arc<ExactlyOnceFilesSpec>, Origin),
     Null,
 }
 
@@ -732,12 +734,7 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
             )
         }
         (Role::Sink, "stdout") => (NodeKind::Stdout(sink_format(&mut r, None)?), &["format"]),
-        (Role::Sink, "file") => {
-            let (p, _) = r.required_string("path", "\"out/result.jsonl\"")?;
-            let path = ctx.resolve(&p);
-            let format = sink_format(&mut r, Some(&path))?;
-            (NodeKind::FileSink(path, format), &["path", "format"])
-        }
+        (Role::Sink, "file") => parse_file_sink(&mut r, ctx)?,
         _ => (NodeKind::Null, &[]),
     };
     let known: Vec<&str> = COMMON_KEYS.iter().chain(keys).copied().collect();
@@ -1066,6 +1063,103 @@ fn parse_flat_map(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind,
     })))
 }
 
+const FILE_SINK_KEYS: &[&str] = &["path", "format", "semantics"];
+const EXACTLY_ONCE_FILE_KEYS: &[&str] =
+    &["path", "format", "semantics", "roll_bytes", "roll_interval_ms"];
+
+/// `type = "file"`: one file per subtask (at-least-once), or with
+/// `semantics = "exactly_once"` a directory of part files.
+fn parse_file_sink(
+    r: &mut Reader,
+    ctx: &Ctx,
+) -> Result<(NodeKind, &'static [&'static str]), Problem> {
+    let semantics = r.string("semantics", "\"exactly_once\"")?;
+    let exactly_once = match &semantics {
+        None => false,
+        Some((s, _)) if s == "at_least_once" => false,
+        Some((s, _)) if s == "exactly_once" => true,
+        Some((s, at)) => {
+            let fix = match closest(s, &["at_least_once", "exactly_once"]) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => "use `at_least_once` (one file per subtask, the default) or `exactly_once` (part files committed at checkpoints)".into(),
+            };
+            return Err(Problem::new(at, format!("unknown semantics `{s}`")).fix(fix));
+        }
+    };
+    if !exactly_once {
+        for key in ["roll_bytes", "roll_interval_ms"] {
+            if r.has(key) {
+                return Err(Problem::new(
+                    &r.key_at(key),
+                    format!("`{key}` applies only to exactly-once file sinks"),
+                )
+                .fix("add `semantics = \"exactly_once\"` (part files in the directory `path`), or remove it"));
+            }
+        }
+        let (p, _) = r.required_string("path", "\"out/result.jsonl\"")?;
+        let path = ctx.resolve(&p);
+        let format = sink_format(r, Some(&path))?;
+        return Ok((NodeKind::FileSink(path, format), FILE_SINK_KEYS));
+    }
+    let (p, _) = r.required_string("path", "\"out/counts\"")?;
+    let dir = ctx.resolve(&p);
+    let format = sink_format(r, None)?;
+    let roll_bytes = r
+        .int("roll_bytes", 1, i64::MAX, "134217728")?
+        .map_or(ExactlyOnceFilesSpec::DEFAULT_ROLL_BYTES, |(b, _)| b as u64);
+    let roll_interval = r
+        .int("roll_interval_ms", 1, i64::MAX, "60000")?
+        .map_or(ExactlyOnceFilesSpec::DEFAULT_ROLL_INTERVAL, |(ms, _)| {
+            Duration::from_millis(ms as u64)
+        });
+    let spec = ExactlyOnceFilesSpec {
+        dir,
+        format,
+        roll_bytes,
+        roll_interval,
+    };
+    let at = semantics.map(|(_, at)| at).expect("exactly_once was given");
+    Ok((
+        NodeKind::ExactlyOnceFiles(Arc::new(spec), at),
+        EXACTLY_ONCE_FILE_KEYS,
+    ))
+}
+
+/// An exactly-once sink commits when a checkpoint completes: it needs checkpoints,
+/// and aligned ones (at-least-once barriers let records of the next checkpoint into
+/// this one, which a replay would then write again).
+fn check_exactly_once_sinks(job: &JobConfig, nodes: &[Node]) -> Result<(), Problem> {
+    for n in nodes {
+        let NodeKind::ExactlyOnceFiles(_, at) = &n.kind else {
+            continue;
+        };
+        match &job.checkpoint {
+            None => {
+                return Err(Problem::new(
+                    at,
+                    format!(
+                        "sink `{}` is exactly-once but the job does not checkpoint: its part files are committed when a checkpoint completes",
+                        n.id
+                    ),
+                )
+                .fix("add a [checkpoint] table (e.g. `[checkpoint]` with `dir = \"checkpoints\"`), or use `semantics = \"at_least_once\"`"))
+            }
+            Some(c) if c.mode == CheckpointMode::AtLeastOnce => {
+                return Err(Problem::new(
+                    at,
+                    format!(
+                        "sink `{}` is exactly-once but [checkpoint] mode is `at_least_once`, which would commit records twice after a failure",
+                        n.id
+                    ),
+                )
+                .fix("set `mode = \"aligned\"` in [checkpoint], or use `semantics = \"at_least_once\"`"))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 fn sink_format(r: &mut Reader, path: Option<&Path>) -> Result<SinkFormat, Problem> {
     match r.string("format", "\"json\"")? {
         Some((f, at)) => SinkFormat::parse(&f).ok_or_else(|| {
@@ -1218,6 +1312,7 @@ fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> 
         }
     }
     check_paths(nodes)?;
+    check_exactly_once_sinks(job, nodes)?;
     check_fields(nodes, &by_id)?;
     let stdins: Vec<&Node> = nodes
         .iter()
@@ -1449,6 +1544,9 @@ fn check_paths(nodes: &[Node]) -> Result<(), Problem> {
                 }
             }
             NodeKind::FileSink(p, _) => outputs.push((normalized(p), n, "its output")),
+            NodeKind::ExactlyOnceFiles(spec, _) => {
+                outputs.push((normalized(&spec.dir), n, "its output directory"))
+            }
             _ => {}
         }
     }

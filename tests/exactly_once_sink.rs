@@ -1,0 +1,444 @@
+//! The exactly-once file sink end to end: a keyed running count written into part
+//! files, with failures injected in an operator and between pre-commit and commit,
+//! recovered by a rerun from the checkpoint directory or by an in-process restart.
+//! The committed files must hold exactly the lines of a failure-free run, on both
+//! state backends, and readers must never see a part that is not complete.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir::config::StateBackendChoice;
+use weir::{
+    CheckpointConfig, CheckpointId, Context, ExactlyOnceFileSink, JobConfig, JobError, JobReport,
+    RestartStrategy, Sink, Source, SourcePoll, StreamJob, SubtaskInfo,
+};
+
+const RECORDS: u64 = 40_000;
+const KEYS: u64 = 97;
+
+/// A fault that fires once: the first time its condition holds.
+#[derive(Clone)]
+struct Fault(Arc<AtomicBool>);
+
+impl Fault {
+    fn armed() -> Self {
+        Fault(Arc::new(AtomicBool::new(true)))
+    }
+
+    fn fires(&self, condition: bool) -> bool {
+        condition && self.0.swap(false, Ordering::SeqCst)
+    }
+
+    fn fired(&self) -> bool {
+        !self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Numbers `index, index + p, …` below `RECORDS`, paced at 100 per ms per subtask so
+/// that periodic checkpoints complete while the job runs; resumable.
+struct Numbers {
+    next: u64,
+    step: u64,
+    started: Option<Instant>,
+}
+
+impl Source for Numbers {
+    type Out = u64;
+    fn poll(&mut self, ctx: &mut Context<'_, u64>, max: usize) -> anyhow::Result<SourcePoll> {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let due = (started.elapsed().as_millis() as u64 + 1) * 100 * self.step;
+        let mut emitted = 0;
+        while self.next < RECORDS && self.next < due && emitted < max {
+            ctx.emit(self.next);
+            self.next += self.step;
+            emitted += 1;
+        }
+        Ok(match (self.next >= RECORDS, emitted) {
+            (true, _) => SourcePoll::Finished,
+            (false, 0) => SourcePoll::Pending(Duration::from_millis(1)),
+            _ => SourcePoll::Ready,
+        })
+    }
+
+    fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(Some(self.next.to_le_bytes().to_vec()))
+    }
+
+    fn restore_position(&mut self, position: &[u8]) -> anyhow::Result<()> {
+        self.next = u64::from_le_bytes(position.try_into()?);
+        Ok(())
+    }
+}
+
+/// The exactly-once file sink, with a commit that panics once in subtask `index`
+/// while `fault` is armed: a failure after the pre-commit of a completed checkpoint.
+struct FailingCommit {
+    files: ExactlyOnceFileSink<(u64, u64)>,
+    fault: Option<(u32, Fault)>,
+    index: u32,
+}
+
+impl Sink for FailingCommit {
+    type In = (u64, u64);
+    fn open(&mut self, info: &SubtaskInfo) -> anyhow::Result<()> {
+        self.index = info.index;
+        self.files.open(info)
+    }
+    fn restore(&mut self, states: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        self.files.restore(states)
+    }
+    fn write(&mut self, record: (u64, u64)) -> anyhow::Result<()> {
+        self.files.write(record)
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.files.finish()
+    }
+    fn pre_commit(&mut self, id: CheckpointId) -> anyhow::Result<Option<Vec<u8>>> {
+        self.files.pre_commit(id)
+    }
+    fn commit(&mut self, id: CheckpointId) -> anyhow::Result<()> {
+        if let Some((index, fault)) = &self.fault {
+            assert!(
+                !fault.fires(self.index == *index),
+                "injected panic in the commit of checkpoint {id}"
+            );
+        }
+        self.files.commit(id)
+    }
+}
+
+/// How one run of the job goes.
+struct Run<'a> {
+    backend: StateBackendChoice,
+    checkpoints: Option<&'a Path>,
+    out: &'a Path,
+    restart: RestartStrategy,
+    /// The map panics once it reaches this record.
+    panic_at: Option<(u64, Fault)>,
+    commit_fault: Option<(u32, Fault)>,
+    sink_parallelism: u32,
+}
+
+impl<'a> Run<'a> {
+    fn new(checkpoints: &'a Path, out: &'a Path) -> Self {
+        Run {
+            backend: StateBackendChoice::Memory,
+            checkpoints: Some(checkpoints),
+            out,
+            restart: RestartStrategy::None,
+            panic_at: None,
+            commit_fault: None,
+            sink_parallelism: 2,
+        }
+    }
+
+    /// `numbers → (n % KEYS, 1) → key_by → running count → part files` at
+    /// parallelism 2, 20 ms checkpoints, parts rolled at 4 KiB.
+    fn go(self) -> Result<JobReport, JobError> {
+        let job = StreamJob::new(JobConfig {
+            parallelism: 2,
+            workers: 2,
+            state_backend: self.backend,
+            checkpoint: self.checkpoints.map(|dir| CheckpointConfig {
+                interval: Duration::from_millis(20),
+                ..CheckpointConfig::new(dir)
+            }),
+            restart: Some(self.restart),
+            ..JobConfig::default()
+        });
+        let files = ExactlyOnceFileSink::new(self.out, |(key, count): &(u64, u64), line| {
+            line.push_str(&format!("{key},{count}\n"))
+        })
+        .suffix(".csv")
+        .roll_bytes(4096);
+        let (panic_at, commit_fault) = (self.panic_at, self.commit_fault);
+        job.source("numbers", |info| Numbers {
+            next: info.index as u64,
+            step: info.parallelism as u64,
+            started: None,
+        })
+        .map("pair", move |n| {
+            if let Some((at, fault)) = &panic_at {
+                assert!(!fault.fires(n >= *at), "injected panic at record {n}");
+            }
+            (n % KEYS, 1u64)
+        })
+        .key_by(|(k, _)| *k)
+        .reduce("count", |(k, a), (_, b)| (*k, a + b))
+        .sink_with_parallelism("files", self.sink_parallelism, move |_| FailingCommit {
+            files: files.clone(),
+            fault: commit_fault.clone(),
+            index: 0,
+        });
+        job.run()
+    }
+}
+
+/// Every running count exactly once: each key's counts 1, 2, … up to its total.
+fn expected_lines() -> Vec<String> {
+    let mut totals: BTreeMap<u64, u64> = BTreeMap::new();
+    for n in 0..RECORDS {
+        *totals.entry(n % KEYS).or_default() += 1;
+    }
+    let mut lines: Vec<String> = totals
+        .iter()
+        .flat_map(|(key, total)| (1..=*total).map(move |c| format!("{key},{c}")))
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with('_')
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The sorted lines of the committed (visible) files.
+fn committed_lines(dir: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = names(dir)
+        .iter()
+        .filter(|n| !is_hidden(n))
+        .flat_map(|n| {
+            fs::read_to_string(dir.join(n))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn hidden(dir: &Path) -> Vec<String> {
+    names(dir).into_iter().filter(|n| is_hidden(n)).collect()
+}
+
+/// No line twice, and none that a failure-free run would not write.
+fn assert_no_duplicates_so_far(dir: &Path) {
+    let lines = committed_lines(dir);
+    let mut unique = lines.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), lines.len(), "a committed line is duplicated");
+    let expected = expected_lines();
+    assert!(lines.iter().all(|l| expected.binary_search(l).is_ok()));
+}
+
+fn assert_exactly_once(dir: &Path) {
+    assert_eq!(committed_lines(dir), expected_lines());
+    assert!(hidden(dir).is_empty(), "left behind: {:?}", hidden(dir));
+}
+
+fn both_backends(test: impl Fn(StateBackendChoice)) {
+    for backend in [StateBackendChoice::Memory, StateBackendChoice::RocksDb] {
+        test(backend);
+    }
+}
+
+#[test]
+fn a_failure_free_run_commits_every_line_once_by_its_final_checkpoint() {
+    let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let report = Run::new(chk.path(), out.path()).go().unwrap();
+    assert!(report.checkpoints >= 2, "periodic ones and the final one");
+    assert_exactly_once(out.path());
+    assert!(
+        names(out.path()).len() > 2,
+        "parts rolled by size: {:?}",
+        names(out.path())
+    );
+}
+
+#[test]
+fn without_checkpoints_the_end_of_input_commits() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Run {
+        checkpoints: None,
+        ..Run::new(Path::new("unused"), out.path())
+    };
+    run.go().unwrap();
+    assert_exactly_once(out.path());
+}
+
+#[test]
+fn a_panicking_operator_fails_the_job_and_a_rerun_resumes_exactly_once() {
+    both_backends(|backend| {
+        let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let fault = Fault::armed();
+        let failed = Run {
+            backend,
+            panic_at: Some((RECORDS / 2, fault.clone())),
+            ..Run::new(chk.path(), out.path())
+        }
+        .go();
+        assert!(fault.fired());
+        let error = failed.expect_err("no restarts: the job fails").to_string();
+        assert!(error.contains("injected panic"), "{error}");
+        assert_no_duplicates_so_far(out.path());
+        assert!(
+            committed_lines(out.path()).len() < expected_lines().len(),
+            "{backend:?}: the failed run committed only what its checkpoints covered"
+        );
+
+        Run {
+            backend,
+            ..Run::new(chk.path(), out.path())
+        }
+        .go()
+        .unwrap();
+        assert_exactly_once(out.path());
+    });
+}
+
+#[test]
+fn an_in_process_restart_keeps_the_output_exactly_once() {
+    both_backends(|backend| {
+        let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let fault = Fault::armed();
+        let report = Run {
+            backend,
+            panic_at: Some((RECORDS / 2, fault.clone())),
+            restart: RestartStrategy::FixedDelay {
+                attempts: 3,
+                delay_ms: 5,
+            },
+            ..Run::new(chk.path(), out.path())
+        }
+        .go()
+        .unwrap();
+        assert!(fault.fired());
+        assert_eq!(report.restarts, 1, "{backend:?}");
+        assert_exactly_once(out.path());
+        let attempts: Vec<String> = names(out.path())
+            .iter()
+            .map(|n| n.split('-').nth(2).unwrap().to_string())
+            .collect();
+        assert!(
+            attempts.iter().any(|a| a == "1"),
+            "the second attempt writes under names of its own: {attempts:?}"
+        );
+    });
+}
+
+#[test]
+fn a_failure_between_pre_commit_and_commit_is_committed_by_the_rerun() {
+    both_backends(|backend| {
+        let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let fault = Fault::armed();
+        let failed = Run {
+            backend,
+            commit_fault: Some((1, fault.clone())),
+            ..Run::new(chk.path(), out.path())
+        }
+        .go();
+        assert!(fault.fired());
+        let error = failed.expect_err("no restarts: the job fails").to_string();
+        assert!(error.contains("injected panic in the commit"), "{error}");
+        assert!(
+            hidden(out.path())
+                .iter()
+                .any(|n| n.starts_with(".part-1-") && n.ends_with(".pending")),
+            "{backend:?}: the failed commit left pending parts: {:?}",
+            names(out.path())
+        );
+        assert_no_duplicates_so_far(out.path());
+
+        Run {
+            backend,
+            ..Run::new(chk.path(), out.path())
+        }
+        .go()
+        .unwrap();
+        assert_exactly_once(out.path());
+    });
+}
+
+#[test]
+fn a_rerun_at_a_lower_sink_parallelism_commits_every_old_subtasks_pending_parts() {
+    let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let fault = Fault::armed();
+    let failed = Run {
+        commit_fault: Some((2, fault.clone())),
+        sink_parallelism: 3,
+        ..Run::new(chk.path(), out.path())
+    }
+    .go();
+    assert!(fault.fired() && failed.is_err());
+    assert!(
+        hidden(out.path())
+            .iter()
+            .any(|n| n.starts_with(".part-2-") && n.ends_with(".pending")),
+        "old subtask 2 left pending parts: {:?}",
+        names(out.path())
+    );
+
+    Run {
+        sink_parallelism: 2,
+        ..Run::new(chk.path(), out.path())
+    }
+    .go()
+    .unwrap();
+    assert_exactly_once(out.path());
+}
+
+#[test]
+fn readers_only_ever_see_complete_committed_parts() {
+    let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir: PathBuf = out.path().to_path_buf();
+    let done = Arc::new(AtomicBool::new(false));
+    // A reader polls the directory while the job runs (and fails and restarts):
+    // whatever visible file it reads must never change afterwards.
+    let reader = {
+        let (dir, done) = (dir.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut seen: BTreeMap<String, String> = BTreeMap::new();
+            while !done.load(Ordering::SeqCst) {
+                for name in names(&dir).into_iter().filter(|n| !is_hidden(n)) {
+                    if !seen.contains_key(&name) {
+                        if let Ok(text) = fs::read_to_string(dir.join(&name)) {
+                            seen.insert(name, text);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen
+        })
+    };
+    let fault = Fault::armed();
+    Run {
+        panic_at: Some((RECORDS / 2, fault.clone())),
+        restart: RestartStrategy::FixedDelay {
+            attempts: 3,
+            delay_ms: 5,
+        },
+        ..Run::new(chk.path(), out.path())
+    }
+    .go()
+    .unwrap();
+    done.store(true, Ordering::SeqCst);
+    let seen = reader.join().unwrap();
+    assert!(!seen.is_empty(), "the reader saw parts while the job ran");
+    for (name, text) in &seen {
+        assert!(name.starts_with("part-") && name.ends_with(".csv"), "{name}");
+        assert_eq!(
+            &fs::read_to_string(dir.join(name)).unwrap(),
+            text,
+            "{name} changed after it became visible"
+        );
+    }
+    assert_exactly_once(&dir);
+}
