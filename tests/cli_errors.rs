@@ -136,7 +136,7 @@ fn unknown_key_suggests_the_closest() {
     );
     assert_message(
         &e,
-        "error: t.toml:30:1: unknown key `format` in sink `out`",
+        "error: t.toml:31:1: unknown key `format` in sink `out`",
         "the keys of sink `out` are: id, type, input, inputs, parallelism",
     );
 }
@@ -496,7 +496,7 @@ fn exactly_once_sink_without_checkpoints() {
     let e = bad(&BASE.replace("type = \"null\"", sink), &[]);
     assert_message(
         &e,
-        "error: t.toml:30:13: sink `out` is exactly-once but the job does not checkpoint: its part files are committed when a checkpoint completes",
+        "error: t.toml:31:13: sink `out` is exactly-once but the job does not checkpoint: its part files are committed when a checkpoint completes",
         "add a [checkpoint] table (e.g. `[checkpoint]` with `dir = \"checkpoints\"`), or use `semantics = \"at_least_once\"`",
     );
     let checkpointed = format!(
@@ -505,7 +505,7 @@ fn exactly_once_sink_without_checkpoints() {
     );
     let e = bad(&checkpointed, &[]);
     assert!(
-        e.starts_with("error: t.toml:30:13: sink `out` is exactly-once but [checkpoint] mode is `at_least_once`"),
+        e.starts_with("error: t.toml:31:13: sink `out` is exactly-once but [checkpoint] mode is `at_least_once`"),
         "{e}"
     );
     let e = bad(
@@ -517,7 +517,7 @@ fn exactly_once_sink_without_checkpoints() {
     );
     assert_message(
         &e,
-        "error: t.toml:30:1: `roll_bytes` applies only to exactly-once file sinks",
+        "error: t.toml:31:1: `roll_bytes` applies only to exactly-once file sinks",
         "add `semantics = \"exactly_once\"` (part files in the directory `path`), or remove it",
     );
     let e = bad(
@@ -526,7 +526,7 @@ fn exactly_once_sink_without_checkpoints() {
     );
     assert_message(
         &e,
-        "error: t.toml:30:13: unknown semantics `exactly-once`",
+        "error: t.toml:31:13: unknown semantics `exactly-once`",
         "did you mean `exactly_once`?",
     );
 }
