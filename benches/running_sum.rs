@@ -9,6 +9,9 @@
 //!     WEIR_BENCH_BACKEND=rocksdb cargo bench --bench running_sum
 //!     WEIR_BENCH_CHECKPOINT_MS=1000 WEIR_BENCH_FAIL_AT=5000000 cargo bench --bench running_sum
 //!         # one injected failure per run: prints the recovery time (failure → running)
+//!     WEIR_BENCH_SINK=files cargo bench --bench running_sum
+//!         # the exactly-once file sink ("key,sum" lines) instead of the null sink;
+//!         # checks that the committed parts hold exactly one line per record
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +20,9 @@ use weir::config::StateBackendChoice;
 use weir::state::checkpoints::list_checkpoint_ids;
 use weir::state::LocalCheckpointStorage;
 use weir::CheckpointConfig;
-use weir::{Context, JobConfig, Sink, Source, SourcePoll, StreamJob, SubtaskInfo};
+use weir::{
+    Context, ExactlyOnceFileSink, JobConfig, Sink, Source, SourcePoll, StreamJob, SubtaskInfo,
+};
 
 /// Subtask j of p emits i = j, j+p, j+2p, … below `end`; the first subtask to reach
 /// `fail_at` while `armed` fails once.
@@ -83,6 +88,19 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Lines in the committed (visible) part files of `dir`.
+fn committed_lines(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("the sink's directory")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .map(|p| {
+            let text = std::fs::read(&p).expect("a committed part");
+            text.iter().filter(|&&b| b == b'\n').count() as u64
+        })
+        .sum()
+}
+
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb: f64 = status
@@ -100,6 +118,7 @@ fn main() {
     let runs = env("WEIR_BENCH_RUNS", 5);
     let checkpoint_ms = env("WEIR_BENCH_CHECKPOINT_MS", 0);
     let fail_at = env("WEIR_BENCH_FAIL_AT", u64::MAX);
+    let files = std::env::var("WEIR_BENCH_SINK").as_deref() == Ok("files");
     let backend = match std::env::var("WEIR_BENCH_BACKEND").as_deref() {
         Ok("rocksdb") => StateBackendChoice::RocksDb,
         _ => StateBackendChoice::Memory,
@@ -132,18 +151,31 @@ fn main() {
             }),
             ..JobConfig::default()
         });
-        job.source("generator", move |info| {
-            Sequence::new(info, records, fail_at, armed.clone())
-        })
-        .map("pair", move |i| (i % keys, i))
-        .key_by(|(key, _)| *key)
-        .reduce("sum", |(key, sum), (_, i)| (*key, sum + i))
-        .sink("null", |_| Discard);
+        let sums = job
+            .source("generator", move |info| {
+                Sequence::new(info, records, fail_at, armed.clone())
+            })
+            .map("pair", move |i| (i % keys, i))
+            .key_by(|(key, _)| *key)
+            .reduce("sum", |(key, sum), (_, i)| (*key, sum + i));
+        let out = tempfile::tempdir().expect("a temporary output directory");
+        if files {
+            let sink = ExactlyOnceFileSink::new(out.path(), |(key, sum): &(u64, u64), line| {
+                use std::fmt::Write;
+                let _ = writeln!(line, "{key},{sum}");
+            });
+            sums.sink("sink", move |_| sink.clone());
+        } else {
+            sums.sink("sink", |_| Discard);
+        }
         let started = Instant::now();
         let report = job.run().expect("benchmark job runs");
         let seconds = started.elapsed().as_secs_f64();
         if report.restarts == 0 {
-            assert_eq!(report.operator("null").map(|o| o.records_in), Some(records));
+            assert_eq!(report.operator("sink").map(|o| o.records_in), Some(records));
+        }
+        if files {
+            assert_eq!(committed_lines(out.path()), records, "exactly once");
         }
         for recovery in &report.recoveries {
             println!(
@@ -183,7 +215,8 @@ fn main() {
         println!("checkpoints completed per run (every {checkpoint_ms} ms): {checkpoints:?}");
     }
     println!(
-        "running_sum records={records} keys={keys} p=2 backend={backend:?} checkpoint_ms={checkpoint_ms} runs={runs} median={:.2} M records/s min={:.2} max={:.2} peak_rss={:.1} MB",
+        "running_sum records={records} keys={keys} p=2 backend={backend:?} checkpoint_ms={checkpoint_ms} sink={} runs={runs} median={:.2} M records/s min={:.2} max={:.2} peak_rss={:.1} MB",
+        if files { "files" } else { "null" },
         rates[rates.len() / 2] / 1e6,
         rates[0] / 1e6,
         rates[rates.len() - 1] / 1e6,

@@ -211,6 +211,14 @@ fn validate(file: &std::path::Path, set: &[String]) -> ExitCode {
                 n.id,
                 k.iter().map(|f| &**f).collect::<Vec<_>>().join(", ")
             )),
+            topology::NodeKind::ExactlyOnceFiles(spec, _) => Some(format!(
+                "  {} = exactly-once part files in {} ({:?}, rolled at {} bytes or {} ms; committed when a checkpoint completes)",
+                n.id,
+                spec.dir.display(),
+                spec.format,
+                spec.roll_bytes,
+                spec.roll_interval.as_millis()
+            )),
             _ => None,
         })
         .collect();

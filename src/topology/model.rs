@@ -1622,6 +1622,38 @@ input = "count"
 "#;
 
     #[test]
+    fn exactly_once_file_sinks_parse_with_defaults_and_need_aligned_checkpoints() {
+        let sink = "type = \"file\"\npath = \"parts\"\nsemantics = \"exactly_once\"";
+        let checkpointed = format!(
+            "{}\n[checkpoint]\ndir = \"chk\"\n",
+            OK.replace("type = \"null\"", sink)
+        );
+        let t = parse(&checkpointed).unwrap();
+        let NodeKind::ExactlyOnceFiles(spec, _) = &t.nodes[3].kind else {
+            panic!("{:?}", t.nodes[3].kind)
+        };
+        assert_eq!(spec.format, SinkFormat::Json);
+        assert_eq!(spec.roll_bytes, ExactlyOnceFilesSpec::DEFAULT_ROLL_BYTES);
+        assert_eq!(spec.roll_interval, ExactlyOnceFilesSpec::DEFAULT_ROLL_INTERVAL);
+        let tuned = checkpointed.replace(
+            "semantics",
+            "format = \"csv\"\nroll_bytes = 10\nroll_interval_ms = 5\nsemantics",
+        );
+        let t = parse(&tuned).unwrap();
+        let NodeKind::ExactlyOnceFiles(spec, _) = &t.nodes[3].kind else {
+            panic!("{:?}", t.nodes[3].kind)
+        };
+        assert_eq!(
+            (spec.format, spec.roll_bytes, spec.roll_interval),
+            (SinkFormat::Csv, 10, Duration::from_millis(5))
+        );
+        let e = err(&OK.replace("type = \"null\"", sink));
+        assert!(e.message.contains("the job does not checkpoint"), "{e}");
+        let e = err(&checkpointed.replace("dir = \"chk\"", "dir = \"chk\"\nmode = \"at_least_once\""));
+        assert!(e.message.contains("mode is `at_least_once`"), "{e}");
+    }
+
+    #[test]
     fn parses_a_topology() {
         let t = parse(OK).unwrap();
         assert_eq!(t.job.name, "wc");
