@@ -8,7 +8,7 @@
 //! operator and subtask it happened in. Watermarks and idleness pass down the chain
 //! after the records that precede them.
 
-use crate::checkpoint::coordinator::CheckpointId;
+use crate::checkpoint::coordinator::{Barrier, CheckpointId};
 use crate::error::{panic_message, StageError};
 use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
-use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, SnapshotKind};
+use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend};
 
 /// What every piece of a chain does besides taking records: its lifecycle and its
 /// part in checkpoints.
@@ -38,7 +38,7 @@ pub trait ChainControl {
     /// outputs send it on every channel, behind the records before it.
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError>;
@@ -86,11 +86,11 @@ macro_rules! forward_checkpoints {
     ($($next:tt)+) => {
         fn checkpoint(
             &mut self,
-            id: CheckpointId,
+            barrier: Barrier,
             net: &mut Network,
             snapshots: &mut Vec<PendingSnapshot>,
         ) -> Result<(), StageError> {
-            self.$($next)+.checkpoint(id, net, snapshots)
+            self.$($next)+.checkpoint(barrier, net, snapshots)
         }
 
         fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -321,13 +321,14 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
+        let id = barrier.id;
         let keyed = self
             .backend
-            .snapshot(id, SnapshotKind::Checkpoint, self.storage.clone())
+            .snapshot(id, barrier.kind, self.storage.clone())
             .map_err(|e| StageError {
                 operator: self.core.info.operator.to_string(),
                 subtask: self.core.info.index,
@@ -343,7 +344,7 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
                 })
             }),
         });
-        self.core.next.checkpoint(id, net, snapshots)
+        self.core.next.checkpoint(barrier, net, snapshots)
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -401,11 +402,12 @@ impl<S: Sink> ChainControl for SinkStage<S> {
 
     fn checkpoint(
         &mut self,
-        _: CheckpointId,
+        _: Barrier,
         _: &mut Network,
         _: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        Ok(())
+        let sink = &mut self.sink;
+        guarded(&self.info, || sink.flush())
     }
 
     fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) -> Result<(), StageError> {
@@ -513,11 +515,11 @@ impl<T: Data> ChainControl for NetworkOutput<T> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         _: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        self.send_to_all(net, || ChannelEvent::Barrier(id));
+        self.send_to_all(net, || ChannelEvent::Barrier(barrier));
         Ok(())
     }
 
@@ -577,13 +579,13 @@ impl<T: Data> ChainControl for Tee<T> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
         self.outputs
             .iter_mut()
-            .try_for_each(|o| o.checkpoint(id, net, snapshots))
+            .try_for_each(|o| o.checkpoint(barrier, net, snapshots))
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -703,7 +705,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
@@ -712,7 +714,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
             let storage = self.storage.clone();
             let path = format!(
                 "{}/{}-{}.position",
-                checkpoint_dir(id),
+                checkpoint_dir(barrier.id),
                 file_safe(&info.operator),
                 info.index
             );
@@ -728,7 +730,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
                 }),
             });
         }
-        self.core.next.checkpoint(id, net, snapshots)
+        self.core.next.checkpoint(barrier, net, snapshots)
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
