@@ -95,8 +95,9 @@ fn committed_lines(dir: &std::path::Path) -> u64 {
         .map(|e| e.expect("a directory entry").path())
         .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .map(|p| {
-            let text = std::fs::read(&p).expect("a committed part");
-            text.iter().filter(|&&b| b == b'\n').count() as u64
+            use std::io::BufRead;
+            let file = std::fs::File::open(&p).expect("a committed part");
+            std::io::BufReader::new(file).lines().count() as u64
         })
         .sum()
 }

@@ -254,9 +254,10 @@ pub trait Source: Send + 'static {
 
 /// A sink subtask: the end of a stream.
 ///
-/// A sink that only implements `write` (and maybe `finish`) is at-least-once: after a
-/// failure the records since the last checkpoint are written again. A sink can be
-/// exactly-once with the two-phase commit hooks, which default to nothing:
+/// A sink that only implements `write` and `flush` (and maybe `finish`) is
+/// at-least-once: after a failure the records since the last checkpoint are written
+/// again. A sink can be exactly-once with the two-phase commit hooks, which default
+/// to nothing:
 ///
 /// 1. `open`, then `restore` once, before the first record, with the states that
 ///    the subtasks of the restored checkpoint returned from `pre_commit` and that
@@ -264,9 +265,10 @@ pub trait Source: Send + 'static {
 ///    them: commit what they list as pre-committed (idempotently: it may be
 ///    committed already), discard whatever they do not cover.
 /// 2. `write` per record; output stays invisible to readers.
-/// 3. `pre_commit(n)` at checkpoint `n`'s barrier, after every record before it:
-///    make that output durable but still invisible, and return the state that
-///    `restore` needs to finish the job, stored in checkpoint `n`.
+/// 3. `pre_commit(n)` at checkpoint (or savepoint) `n`'s barrier, after every
+///    record before it and after `flush`: make that output durable but still
+///    invisible, and return the state that `restore` needs to finish the job,
+///    stored in checkpoint `n`.
 /// 4. `commit(n)` once checkpoint `n` is complete (durable): make visible
 ///    everything pre-committed at checkpoints `<= n`. An `Err` fails the subtask;
 ///    the restart's `restore` commits it from the checkpoint.
@@ -288,6 +290,13 @@ pub trait Sink: Send + 'static {
     }
 
     fn write(&mut self, record: Self::In) -> anyhow::Result<()>;
+
+    /// A checkpoint barrier reached the sink: make everything written so far durable
+    /// before the checkpoint can complete. Without it, records buffered before a
+    /// completed checkpoint would be lost by a crash: they are never replayed.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// Called once when every input has ended: flush everything.
     fn finish(&mut self) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@
 //! operator and subtask it happened in. Watermarks and idleness pass down the chain
 //! after the records that precede them.
 
-use crate::checkpoint::coordinator::CheckpointId;
+use crate::checkpoint::coordinator::{Barrier, CheckpointId};
 use crate::error::{panic_message, StageError};
 use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
-use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, SnapshotKind};
+use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend};
 
 /// What every piece of a chain does besides taking records: its lifecycle and its
 /// part in checkpoints.
@@ -38,7 +38,7 @@ pub trait ChainControl {
     /// outputs send it on every channel, behind the records before it.
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError>;
@@ -86,11 +86,11 @@ macro_rules! forward_checkpoints {
     ($($next:tt)+) => {
         fn checkpoint(
             &mut self,
-            id: CheckpointId,
+            barrier: Barrier,
             net: &mut Network,
             snapshots: &mut Vec<PendingSnapshot>,
         ) -> Result<(), StageError> {
-            self.$($next)+.checkpoint(id, net, snapshots)
+            self.$($next)+.checkpoint(barrier, net, snapshots)
         }
 
         fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -321,13 +321,14 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
+        let id = barrier.id;
         let keyed = self
             .backend
-            .snapshot(id, SnapshotKind::Checkpoint, self.storage.clone())
+            .snapshot(id, barrier.kind, self.storage.clone())
             .map_err(|e| StageError {
                 operator: self.core.info.operator.to_string(),
                 subtask: self.core.info.index,
@@ -343,7 +344,7 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
                 })
             }),
         });
-        self.core.next.checkpoint(id, net, snapshots)
+        self.core.next.checkpoint(barrier, net, snapshots)
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -432,12 +433,16 @@ impl<S: Sink> ChainControl for SinkStage<S> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         _: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        let (sink, info) = (&mut self.sink, &self.info);
-        let Some(state) = guarded(info, || sink.pre_commit(id))? else {
+        let (sink, info, id) = (&mut self.sink, &self.info, barrier.id);
+        let pre_committed = guarded(info, || {
+            sink.flush()?;
+            sink.pre_commit(id)
+        })?;
+        let Some(state) = pre_committed else {
             return Ok(());
         };
         let storage = self.storage.clone();
@@ -572,11 +577,11 @@ impl<T: Data> ChainControl for NetworkOutput<T> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         _: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        self.send_to_all(net, || ChannelEvent::Barrier(id));
+        self.send_to_all(net, || ChannelEvent::Barrier(barrier));
         Ok(())
     }
 
@@ -636,13 +641,13 @@ impl<T: Data> ChainControl for Tee<T> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
         self.outputs
             .iter_mut()
-            .try_for_each(|o| o.checkpoint(id, net, snapshots))
+            .try_for_each(|o| o.checkpoint(barrier, net, snapshots))
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -762,7 +767,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
@@ -771,7 +776,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
             let storage = self.storage.clone();
             let path = format!(
                 "{}/{}-{}.position",
-                checkpoint_dir(id),
+                checkpoint_dir(barrier.id),
                 file_safe(&info.operator),
                 info.index
             );
@@ -787,7 +792,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
                 }),
             });
         }
-        self.core.next.checkpoint(id, net, snapshots)
+        self.core.next.checkpoint(barrier, net, snapshots)
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -834,6 +839,10 @@ mod tests {
         }
         fn write(&mut self, record: u32) -> anyhow::Result<()> {
             self.calls.lock().unwrap().push(format!("write {record}"));
+            Ok(())
+        }
+        fn flush(&mut self) -> anyhow::Result<()> {
+            self.calls.lock().unwrap().push("flush".into());
             Ok(())
         }
         fn finish(&mut self) -> anyhow::Result<()> {
@@ -901,10 +910,16 @@ mod tests {
         f.stage.open().unwrap();
         f.stage.push(&mut vec![7], &mut net).unwrap();
         let mut pending = Vec::new();
-        f.stage.checkpoint(5, &mut net, &mut pending).unwrap();
+        f.stage.checkpoint(Barrier::checkpoint(5), &mut net, &mut pending).unwrap();
         assert_eq!(
             taken(&f.calls),
-            ["open", "restore [[111, 108, 100]]", "write 7", "pre_commit 5"]
+            [
+                "open",
+                "restore [[111, 108, 100]]",
+                "write 7",
+                "flush",
+                "pre_commit 5"
+            ]
         );
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].operator, "out sink");
@@ -921,9 +936,12 @@ mod tests {
         let mut net = Network::new(Vec::new(), 1);
         f.stage.open().unwrap();
         let mut pending = Vec::new();
-        f.stage.checkpoint(1, &mut net, &mut pending).unwrap();
+        f.stage.checkpoint(Barrier::checkpoint(1), &mut net, &mut pending).unwrap();
         assert!(pending.is_empty());
-        assert_eq!(taken(&f.calls), ["open", "restore []", "pre_commit 1"]);
+        assert_eq!(
+            taken(&f.calls),
+            ["open", "restore []", "flush", "pre_commit 1"]
+        );
     }
 
     #[test]
