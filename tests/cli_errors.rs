@@ -136,7 +136,7 @@ fn unknown_key_suggests_the_closest() {
     );
     assert_message(
         &e,
-        "error: t.toml:31:1: unknown key `format` in sink `out`",
+        "error: t.toml:30:1: unknown key `format` in sink `out`",
         "the keys of sink `out` are: id, type, input, inputs, parallelism",
     );
 }
@@ -521,7 +521,10 @@ fn exactly_once_sink_without_checkpoints() {
         "add `semantics = \"exactly_once\"` (part files in the directory `path`), or remove it",
     );
     let e = bad(
-        &BASE.replace("type = \"null\"", "type = \"file\"\npath = \"o\"\nsemantics = \"exactly-once\""),
+        &BASE.replace(
+            "type = \"null\"",
+            "type = \"file\"\npath = \"o\"\nsemantics = \"exactly-once\"",
+        ),
         &[],
     );
     assert_message(

@@ -407,9 +407,9 @@ fn readers_only_ever_see_complete_committed_parts() {
             let mut seen: BTreeMap<String, String> = BTreeMap::new();
             while !done.load(Ordering::SeqCst) {
                 for name in names(&dir).into_iter().filter(|n| !is_hidden(n)) {
-                    if !seen.contains_key(&name) {
-                        if let Ok(text) = fs::read_to_string(dir.join(&name)) {
-                            seen.insert(name, text);
+                    if let std::collections::btree_map::Entry::Vacant(slot) = seen.entry(name) {
+                        if let Ok(text) = fs::read_to_string(dir.join(slot.key())) {
+                            slot.insert(text);
                         }
                     }
                 }
@@ -433,7 +433,10 @@ fn readers_only_ever_see_complete_committed_parts() {
     let seen = reader.join().unwrap();
     assert!(!seen.is_empty(), "the reader saw parts while the job ran");
     for (name, text) in &seen {
-        assert!(name.starts_with("part-") && name.ends_with(".csv"), "{name}");
+        assert!(
+            name.starts_with("part-") && name.ends_with(".csv"),
+            "{name}"
+        );
         assert_eq!(
             &fs::read_to_string(dir.join(name)).unwrap(),
             text,

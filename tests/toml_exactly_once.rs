@@ -107,7 +107,9 @@ fn a_killed_weir_run_rerun_to_the_end_commits_every_sum_exactly_once() {
     let out = dir.path().join("out");
     let (visible, hidden) = visible_and_hidden(&out);
     assert!(hidden.is_empty(), "left behind: {hidden:?}");
-    assert!(visible.iter().all(|n| n.starts_with("part-") && n.ends_with(".jsonl")));
+    assert!(visible
+        .iter()
+        .all(|n| n.starts_with("part-") && n.ends_with(".jsonl")));
     let mut sums: Vec<(i64, i64)> = visible
         .iter()
         .flat_map(|name| {

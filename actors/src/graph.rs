@@ -10,6 +10,7 @@ use crate::metrics::{JobMetrics, JobReport, OperatorCounters};
 use crate::operator::{Data, Key, KeyFn, KeyedOperator, Operator, Sink, Source, SubtaskInfo};
 use crate::partition::{KeyHashFn, Partitioner};
 use crate::plan::{plan, EdgeKind, NodeKind, Plan, PlanEdge, PlanNode};
+use crate::sink::inherited_subtasks;
 use crate::stage::{
     file_safe, guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage, SinkStage,
     SourceHead, SourceStage, StageCore, Tee, TypedHead, POSITION, SINK_STATE,
@@ -20,7 +21,6 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use crate::sink::inherited_subtasks;
 use weir_state::handle::{CheckpointMetadata, OperatorSnapshot, SubtaskSnapshot};
 use weir_state::key_group::hash_key;
 use weir_state::{
@@ -395,10 +395,7 @@ impl BuildEnv {
             return Ok(None);
         };
         self.storage.read_file(file).map(Some).map_err(|e| {
-            Self::failure(
-                info,
-                format!("cannot read {what} from the checkpoint: {e}"),
-            )
+            Self::failure(info, format!("cannot read {what} from the checkpoint: {e}"))
         })
     }
 }
@@ -708,7 +705,8 @@ mod tests {
     fn sink_subtasks_take_over_the_states_of_old_subtasks_modulo_their_parallelism() {
         let dir = tempfile::tempdir().unwrap();
         let env = env_with_sink_states(dir.path(), &[Some(b"a"), None, Some(b"c"), Some(b"d")]);
-        let states = |index, parallelism| env.sink_states(&info("out", index, parallelism)).unwrap();
+        let states =
+            |index, parallelism| env.sink_states(&info("out", index, parallelism)).unwrap();
         assert_eq!(states(0, 2), [b"a".to_vec(), b"c".to_vec()]);
         assert_eq!(states(1, 2), [b"d".to_vec()], "old subtask 1 had no state");
         assert_eq!(states(0, 4), [b"a".to_vec()]);

@@ -910,7 +910,9 @@ mod tests {
         f.stage.open().unwrap();
         f.stage.push(&mut vec![7], &mut net).unwrap();
         let mut pending = Vec::new();
-        f.stage.checkpoint(Barrier::checkpoint(5), &mut net, &mut pending).unwrap();
+        f.stage
+            .checkpoint(Barrier::checkpoint(5), &mut net, &mut pending)
+            .unwrap();
         assert_eq!(
             taken(&f.calls),
             [
@@ -936,7 +938,9 @@ mod tests {
         let mut net = Network::new(Vec::new(), 1);
         f.stage.open().unwrap();
         let mut pending = Vec::new();
-        f.stage.checkpoint(Barrier::checkpoint(1), &mut net, &mut pending).unwrap();
+        f.stage
+            .checkpoint(Barrier::checkpoint(1), &mut net, &mut pending)
+            .unwrap();
         assert!(pending.is_empty());
         assert_eq!(
             taken(&f.calls),

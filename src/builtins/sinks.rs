@@ -220,10 +220,12 @@ pub fn exactly_once_file_sink(spec: &ExactlyOnceFilesSpec) -> ExactlyOnceFileSin
     .roll_interval(spec.roll_interval);
     match format {
         SinkFormat::Json => sink.suffix(".jsonl"),
-        SinkFormat::Csv => sink.suffix(".csv").header(|record: &Record, line: &mut String| {
-            record.write_csv_header(line);
-            line.push('\n');
-        }),
+        SinkFormat::Csv => sink
+            .suffix(".csv")
+            .header(|record: &Record, line: &mut String| {
+                record.write_csv_header(line);
+                line.push('\n');
+            }),
     }
 }
 
@@ -302,7 +304,7 @@ mod tests {
         let spec = ExactlyOnceFilesSpec {
             dir: dir.path().join("out"),
             format: SinkFormat::Csv,
-            roll_bytes: 4,
+            roll_bytes: 3,
             roll_interval: ExactlyOnceFilesSpec::DEFAULT_ROLL_INTERVAL,
         };
         let mut s = exactly_once_file_sink(&spec);

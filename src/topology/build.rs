@@ -7,9 +7,9 @@
 
 use super::model::{NodeKind, Topology};
 use crate::builtins::{
-    exactly_once_file_sink, AggSpec, AggregateOperator, BadRecordStats, DeadLetterFile, FileSink, FileSource,
-    FilterOperator, FlatMapOperator, GeneratorSource, MapOperator, NullSink, OnError, StdinSource,
-    StdoutSink,
+    exactly_once_file_sink, AggSpec, AggregateOperator, BadRecordStats, DeadLetterFile, FileSink,
+    FileSource, FilterOperator, FlatMapOperator, GeneratorSource, MapOperator, NullSink, OnError,
+    StdinSource, StdoutSink,
 };
 use crate::record::{Record, RecordKey, Value};
 use std::collections::HashMap;

@@ -6,8 +6,8 @@ use super::closest;
 use super::doc::{self, Kind, Reader, Val};
 use super::error::{Origin, Problem, TopologyError};
 use crate::builtins::{
-    AggKind, DecodeSpec, FieldType, FileSourceSpec, FlatMapSpec, Format, GeneratorSpec, MapSpec,
-    ExactlyOnceFilesSpec, OnError, SinkFormat, SplitMode, StdinSpec,
+    AggKind, DecodeSpec, ExactlyOnceFilesSpec, FieldType, FileSourceSpec, FlatMapSpec, Format,
+    GeneratorSpec, MapSpec, OnError, SinkFormat, SplitMode, StdinSpec,
 };
 use crate::expr::Expr;
 use std::collections::HashMap;
@@ -1064,8 +1064,13 @@ fn parse_flat_map(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind,
 }
 
 const FILE_SINK_KEYS: &[&str] = &["path", "format", "semantics"];
-const EXACTLY_ONCE_FILE_KEYS: &[&str] =
-    &["path", "format", "semantics", "roll_bytes", "roll_interval_ms"];
+const EXACTLY_ONCE_FILE_KEYS: &[&str] = &[
+    "path",
+    "format",
+    "semantics",
+    "roll_bytes",
+    "roll_interval_ms",
+];
 
 /// `type = "file"`: one file per subtask (at-least-once), or with
 /// `semantics = "exactly_once"` a directory of part files.
@@ -1634,7 +1639,10 @@ input = "count"
         };
         assert_eq!(spec.format, SinkFormat::Json);
         assert_eq!(spec.roll_bytes, ExactlyOnceFilesSpec::DEFAULT_ROLL_BYTES);
-        assert_eq!(spec.roll_interval, ExactlyOnceFilesSpec::DEFAULT_ROLL_INTERVAL);
+        assert_eq!(
+            spec.roll_interval,
+            ExactlyOnceFilesSpec::DEFAULT_ROLL_INTERVAL
+        );
         let tuned = checkpointed.replace(
             "semantics",
             "format = \"csv\"\nroll_bytes = 10\nroll_interval_ms = 5\nsemantics",
@@ -1649,7 +1657,8 @@ input = "count"
         );
         let e = err(&OK.replace("type = \"null\"", sink));
         assert!(e.message.contains("the job does not checkpoint"), "{e}");
-        let e = err(&checkpointed.replace("dir = \"chk\"", "dir = \"chk\"\nmode = \"at_least_once\""));
+        let e =
+            err(&checkpointed.replace("dir = \"chk\"", "dir = \"chk\"\nmode = \"at_least_once\""));
         assert!(e.message.contains("mode is `at_least_once`"), "{e}");
     }
 

@@ -64,7 +64,10 @@ impl<T> Clone for ExactlyOnceFileSink<T> {
 impl<T: Data> ExactlyOnceFileSink<T> {
     /// Part files in `dir`, each record formatted by `format` (which writes the line
     /// end too).
-    pub fn new(dir: impl Into<PathBuf>, format: impl Fn(&T, &mut String) + Send + Sync + 'static) -> Self {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        format: impl Fn(&T, &mut String) + Send + Sync + 'static,
+    ) -> Self {
         ExactlyOnceFileSink {
             dir: dir.into(),
             suffix: String::new(),
@@ -106,13 +109,16 @@ impl<T: Data> ExactlyOnceFileSink<T> {
     }
 
     fn writer(&mut self) -> anyhow::Result<&mut ExactlyOnceFileWriter> {
-        self.writer
-            .as_mut()
-            .ok_or_else(|| anyhow::anyhow!("the exactly-once file sink was used before it was restored"))
+        self.writer.as_mut().ok_or_else(|| {
+            anyhow::anyhow!("the exactly-once file sink was used before it was restored")
+        })
     }
 
     fn failed(&self, what: &str) -> String {
-        format!("exactly-once file sink in {}: cannot {what}", self.dir.display())
+        format!(
+            "exactly-once file sink in {}: cannot {what}",
+            self.dir.display()
+        )
     }
 }
 
@@ -130,9 +136,9 @@ impl<T: Data> Sink for ExactlyOnceFileSink<T> {
     }
 
     fn restore(&mut self, states: Vec<Vec<u8>>) -> anyhow::Result<()> {
-        let (writer, parallelism) = self
-            .writer_id
-            .ok_or_else(|| anyhow::anyhow!("the exactly-once file sink was restored before it was opened"))?;
+        let (writer, parallelism) = self.writer_id.ok_or_else(|| {
+            anyhow::anyhow!("the exactly-once file sink was restored before it was opened")
+        })?;
         let snapshots = states
             .iter()
             .map(|bytes| SinkSnapshot::from_bytes(bytes))

@@ -304,9 +304,15 @@ mod tests {
     #[test]
     fn readers_see_only_committed_parts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w =
-            ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 1, ".txt", RollingPolicy::default(), Vec::new())
-                .unwrap();
+        let mut w = ExactlyOnceFileWriter::open(
+            dir.path(),
+            writer(0, 0),
+            1,
+            ".txt",
+            RollingPolicy::default(),
+            Vec::new(),
+        )
+        .unwrap();
         write_range(&mut w, 0..10);
         assert!(
             visible_lines(dir.path()).is_empty(),
@@ -331,14 +337,23 @@ mod tests {
             max_part_bytes: 16,
             max_part_age_ms: u64::MAX,
         };
-        let mut w = ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, Vec::new()).unwrap();
+        let mut w =
+            ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, Vec::new())
+                .unwrap();
         write_range(&mut w, 0..20);
         let snapshot = w.snapshot(1).unwrap(); // durable in checkpoint 1
         write_range(&mut w, 20..30); // after the barrier: not covered
         drop(w); // crash before notify-complete reached the sink
 
-        let mut w =
-            ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, vec![snapshot.clone()]).unwrap();
+        let mut w = ExactlyOnceFileWriter::open(
+            dir.path(),
+            writer(3, 0),
+            4,
+            "",
+            policy,
+            vec![snapshot.clone()],
+        )
+        .unwrap();
         assert_eq!(
             visible_lines(dir.path()),
             (0..20).map(|i| i.to_string()).collect::<Vec<_>>()
@@ -362,7 +377,9 @@ mod tests {
         // same checkpoint: committing again is harmless.
         write_range(&mut w, 20..30);
         drop(w);
-        let mut w = ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, vec![snapshot]).unwrap();
+        let mut w =
+            ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, vec![snapshot])
+                .unwrap();
         write_range(&mut w, 20..30);
         w.snapshot(2).unwrap();
         w.notify_complete(2).unwrap();
@@ -375,13 +392,27 @@ mod tests {
     #[test]
     fn a_missing_pending_part_is_an_error_that_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w =
-            ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 1, "", RollingPolicy::default(), Vec::new()).unwrap();
+        let mut w = ExactlyOnceFileWriter::open(
+            dir.path(),
+            writer(0, 0),
+            1,
+            "",
+            RollingPolicy::default(),
+            Vec::new(),
+        )
+        .unwrap();
         write_range(&mut w, 0..3);
         let snapshot = w.snapshot(1).unwrap();
         drop(w);
         fs::remove_file(dir.path().join(".part-0-0-000000.pending")).unwrap();
-        let error = ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 1, "", RollingPolicy::default(), vec![snapshot])
+        let error = ExactlyOnceFileWriter::open(
+            dir.path(),
+            writer(0, 0),
+            1,
+            "",
+            RollingPolicy::default(),
+            vec![snapshot],
+        )
         .err()
         .expect("restore must fail")
         .to_string();
@@ -394,10 +425,25 @@ mod tests {
     #[test]
     fn other_subtasks_files_are_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let mut other =
-            ExactlyOnceFileWriter::open(dir.path(), writer(1, 0), 2, "", RollingPolicy::default(), Vec::new()).unwrap();
+        let mut other = ExactlyOnceFileWriter::open(
+            dir.path(),
+            writer(1, 0),
+            2,
+            "",
+            RollingPolicy::default(),
+            Vec::new(),
+        )
+        .unwrap();
         write_range(&mut other, 0..3);
-        ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 2, "", RollingPolicy::default(), Vec::new()).unwrap();
+        ExactlyOnceFileWriter::open(
+            dir.path(),
+            writer(0, 0),
+            2,
+            "",
+            RollingPolicy::default(),
+            Vec::new(),
+        )
+        .unwrap();
         assert!(dir.path().join(".part-1-0-000000.inprogress").exists());
     }
 
@@ -432,7 +478,12 @@ mod tests {
             parse_part_name(".part-3-2-000017.inprogress", ""),
             Some((part, PartState::InProgress))
         );
-        for other in ["part-3-2.jsonl", "part-3-2-x.jsonl", "notes.txt", ".part-1-2-3-4.pending"] {
+        for other in [
+            "part-3-2.jsonl",
+            "part-3-2-x.jsonl",
+            "notes.txt",
+            ".part-1-2-3-4.pending",
+        ] {
             assert_eq!(parse_part_name(other, ".jsonl"), None, "{other}");
         }
     }
@@ -444,9 +495,15 @@ mod tests {
         // Three old subtasks (p = 3) pre-commit at checkpoint 1, then write more.
         let snapshots: Vec<SinkSnapshot> = (0..3)
             .map(|s| {
-                let mut w =
-                    ExactlyOnceFileWriter::open(dir.path(), writer(s, 0), 3, "", policy, Vec::new())
-                        .unwrap();
+                let mut w = ExactlyOnceFileWriter::open(
+                    dir.path(),
+                    writer(s, 0),
+                    3,
+                    "",
+                    policy,
+                    Vec::new(),
+                )
+                .unwrap();
                 let first = s * 100;
                 write_range(&mut w, first..first + 5);
                 let snapshot = w.snapshot(1).unwrap();

@@ -288,7 +288,10 @@ mod tests {
         t.before_write(60, 0);
         assert_eq!(
             t.before_write(60, 1),
-            vec![FileOp::Close { part: part(0) }, FileOp::Open { part: part(1) }]
+            vec![
+                FileOp::Close { part: part(0) },
+                FileOp::Open { part: part(1) }
+            ]
         );
         assert_eq!(t.on_tick(2_000), vec![FileOp::Close { part: part(1) }]);
         assert_eq!(
@@ -300,7 +303,10 @@ mod tests {
         assert_eq!(snap.pending.len(), 2);
         assert_eq!(
             t.notify_complete(10),
-            vec![FileOp::Commit { part: part(0) }, FileOp::Commit { part: part(1) }]
+            vec![
+                FileOp::Commit { part: part(0) },
+                FileOp::Commit { part: part(1) }
+            ]
         );
     }
 
@@ -316,7 +322,10 @@ mod tests {
             }],
         };
         let (mut t, ops) = PartTracker::restore(policy(), WRITER, vec![snapshot.clone()], 0);
-        assert_eq!(ops, vec![FileOp::Commit { part: part(6) }, FileOp::DeleteStrays]);
+        assert_eq!(
+            ops,
+            vec![FileOp::Commit { part: part(6) }, FileOp::DeleteStrays]
+        );
         assert_eq!(t.before_write(1, 0), vec![FileOp::Open { part: part(7) }]);
         // Names the directory already holds for this writer are skipped too.
         let (mut t, _) = PartTracker::restore(policy(), WRITER, vec![snapshot], 12);
