@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::config::StateBackendChoice;
 use weir::{
-    CheckpointConfig, CheckpointId, Context, ExactlyOnceFileSink, JobConfig, JobError, JobReport,
-    RestartStrategy, Sink, Source, SourcePoll, StreamJob, SubtaskInfo,
+    CheckpointConfig, CheckpointId, Context, ExactlyOnceFileSink, JobConfig, JobControl, JobError,
+    JobReport, RestartStrategy, Sink, Source, SourcePoll, StreamJob, SubtaskInfo,
 };
 
 const RECORDS: u64 = 40_000;
@@ -120,6 +120,8 @@ struct Run<'a> {
     panic_at: Option<(u64, Fault)>,
     commit_fault: Option<(u32, Fault)>,
     sink_parallelism: u32,
+    /// Ask for a stop with a savepoint this long after the start.
+    stop_after: Option<Duration>,
 }
 
 impl<'a> Run<'a> {
@@ -132,6 +134,7 @@ impl<'a> Run<'a> {
             panic_at: None,
             commit_fault: None,
             sink_parallelism: 2,
+            stop_after: None,
         }
     }
 
@@ -173,7 +176,15 @@ impl<'a> Run<'a> {
             fault: commit_fault.clone(),
             index: 0,
         });
-        job.run()
+        let control = JobControl::new();
+        if let Some(after) = self.stop_after {
+            let control = control.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                control.stop_with_savepoint();
+            });
+        }
+        job.run_with(control)
     }
 }
 
@@ -444,4 +455,31 @@ fn readers_only_ever_see_complete_committed_parts() {
         );
     }
     assert_exactly_once(&dir);
+}
+
+#[test]
+fn a_stop_with_savepoint_commits_everything_before_it_and_the_resumed_run_the_rest() {
+    let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let stopped = Run {
+        stop_after: Some(Duration::from_millis(100)),
+        ..Run::new(chk.path(), out.path())
+    }
+    .go()
+    .unwrap();
+    assert!(stopped.savepoint.is_some(), "the job stopped with a savepoint");
+    let before = committed_lines(out.path());
+    assert!(
+        !before.is_empty() && before.len() < expected_lines().len(),
+        "stopped part way: {} lines",
+        before.len()
+    );
+    assert!(
+        hidden(out.path()).is_empty(),
+        "the savepoint's completion committed every part: {:?}",
+        hidden(out.path())
+    );
+    assert_no_duplicates_so_far(out.path());
+
+    Run::new(chk.path(), out.path()).go().unwrap();
+    assert_exactly_once(out.path());
 }
