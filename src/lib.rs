@@ -11,8 +11,8 @@ pub use weir_actors::config;
 pub use weir_actors::{
     CheckpointConfig, CheckpointId, CheckpointMode, Context, Data, EventTime, ExactlyOnceFileSink,
     JobConfig, JobControl, JobError, JobMetrics, JobReport, Key, KeyedContext, KeyedOperator,
-    NodeDescription, Operator, OperatorReport, RestartStrategy, Sink, Source, SourcePoll,
-    SubtaskInfo, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
+    NodeDescription, Operator, OperatorReport, PreCommit, RestartStrategy, Sink, Source,
+    SourcePoll, SubtaskInfo, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
 };
 /// Keyed and operator state: descriptors, handles, backends (re-exported `weir-state`).
 pub use weir_state as state;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use weir::config::StateBackendChoice;
 use weir::{
     CheckpointConfig, CheckpointId, Context, ExactlyOnceFileSink, JobConfig, JobControl, JobError,
-    JobReport, RestartStrategy, Sink, Source, SourcePoll, StreamJob, SubtaskInfo,
+    JobReport, PreCommit, RestartStrategy, Sink, Source, SourcePoll, StreamJob, SubtaskInfo,
 };
 
 const RECORDS: u64 = 40_000;
@@ -96,7 +96,7 @@ impl Sink for FailingCommit {
     fn finish(&mut self) -> anyhow::Result<()> {
         self.files.finish()
     }
-    fn pre_commit(&mut self, id: CheckpointId) -> anyhow::Result<Option<Vec<u8>>> {
+    fn pre_commit(&mut self, id: CheckpointId) -> anyhow::Result<Option<PreCommit>> {
         self.files.pre_commit(id)
     }
     fn commit(&mut self, id: CheckpointId) -> anyhow::Result<()> {
@@ -466,7 +466,10 @@ fn a_stop_with_savepoint_commits_everything_before_it_and_the_resumed_run_the_re
     }
     .go()
     .unwrap();
-    assert!(stopped.savepoint.is_some(), "the job stopped with a savepoint");
+    assert!(
+        stopped.savepoint.is_some(),
+        "the job stopped with a savepoint"
+    );
     let before = committed_lines(out.path());
     assert!(
         !before.is_empty() && before.len() < expected_lines().len(),

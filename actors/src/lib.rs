@@ -28,8 +28,8 @@ pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
-    CheckpointId, Context, Data, EventTime, Key, KeyedContext, KeyedOperator, Operator, Sink,
-    Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
+    CheckpointId, Context, Data, EventTime, Key, KeyedContext, KeyedOperator, Operator, PreCommit,
+    Sink, Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
 };
 pub use sink::file_sink::ExactlyOnceFileSink;
 pub use sink::two_phase::RollingPolicy;

@@ -252,6 +252,28 @@ pub trait Source: Send + 'static {
     }
 }
 
+/// What a sink's [`Sink::pre_commit`] hands to the checkpoint.
+pub struct PreCommit {
+    /// Stored in the checkpoint; [`Sink::restore`] gets it back.
+    pub state: Vec<u8>,
+    /// Work that must be done before the checkpoint may complete (e.g. fsyncs of the
+    /// files closed at the barrier). It runs on the snapshot thread, so the subtask
+    /// goes on processing meanwhile; an `Err` declines the checkpoint.
+    pub sync: Option<Box<dyn FnOnce() -> anyhow::Result<()> + Send>>,
+}
+
+impl PreCommit {
+    pub fn state(state: Vec<u8>) -> Self {
+        PreCommit { state, sync: None }
+    }
+
+    /// Also run `sync` off the subtask's thread before the checkpoint completes.
+    pub fn with_sync(mut self, sync: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> Self {
+        self.sync = Some(Box::new(sync));
+        self
+    }
+}
+
 /// A sink subtask: the end of a stream.
 ///
 /// A sink that only implements `write` and `flush` (and maybe `finish`) is
@@ -266,9 +288,10 @@ pub trait Source: Send + 'static {
 ///    committed already), discard whatever they do not cover.
 /// 2. `write` per record; output stays invisible to readers.
 /// 3. `pre_commit(n)` at checkpoint (or savepoint) `n`'s barrier, after every
-///    record before it and after `flush`: make that output durable but still
-///    invisible, and return the state that `restore` needs to finish the job,
-///    stored in checkpoint `n`.
+///    record before it and after `flush`: make that output durable (or return the
+///    work that does it as [`PreCommit::sync`], run off-thread before the
+///    checkpoint completes) but still invisible, and return the state that
+///    `restore` needs to finish the job, stored in checkpoint `n`.
 /// 4. `commit(n)` once checkpoint `n` is complete (durable): make visible
 ///    everything pre-committed at checkpoints `<= n`. An `Err` fails the subtask;
 ///    the restart's `restore` commits it from the checkpoint.
@@ -305,7 +328,7 @@ pub trait Sink: Send + 'static {
 
     /// Checkpoint `checkpoint`'s barrier: make the output so far durable (not yet
     /// visible); the returned state goes into the checkpoint (`None`: nothing to keep).
-    fn pre_commit(&mut self, _checkpoint: CheckpointId) -> anyhow::Result<Option<Vec<u8>>> {
+    fn pre_commit(&mut self, _checkpoint: CheckpointId) -> anyhow::Result<Option<PreCommit>> {
         Ok(None)
     }
 

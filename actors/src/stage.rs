@@ -14,8 +14,8 @@ use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
 use crate::network::{AnyBatch, Network};
 use crate::operator::{
-    Context, Data, EventTime, KeyFn, KeyedContext, KeyedOperator, Operator, Sink, Source,
-    SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
+    Context, Data, EventTime, KeyFn, KeyedContext, KeyedOperator, Operator, PreCommit, Sink,
+    Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
 };
 use crate::partition::Partitioner;
 use crate::time::generator::WatermarkGenerator;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
-use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend};
+use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, StateError};
 
 /// What every piece of a chain does besides taking records: its lifecycle and its
 /// part in checkpoints.
@@ -362,9 +362,9 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
 }
 
 /// The end of a chain: calls the sink per record and drives its two-phase commit
-/// (see [`Sink`]): `restore` after `open`, `pre_commit` at every checkpoint pass
-/// (its state is written off-thread into the checkpoint as the subtask snapshot's
-/// [`SINK_STATE`] file), `commit` on notify-complete.
+/// (see [`Sink`]): `restore` after `open`, `flush` and `pre_commit` at every
+/// checkpoint pass (its sync work, then its state as the subtask snapshot's
+/// [`SINK_STATE`] file, run off-thread), `commit` on notify-complete.
 pub struct SinkStage<S: Sink> {
     pub sink: S,
     pub info: SubtaskInfo,
@@ -424,7 +424,10 @@ impl<S: Sink> ChainControl for SinkStage<S> {
             sink.finish()?;
             if !checkpointing {
                 // No checkpoint will ever cover this output: commit it now.
-                sink.pre_commit(END_OF_INPUT_COMMIT)?;
+                let pre_committed = sink.pre_commit(END_OF_INPUT_COMMIT)?;
+                if let Some(sync) = pre_committed.and_then(|p| p.sync) {
+                    sync()?;
+                }
                 sink.commit(END_OF_INPUT_COMMIT)?;
             }
             Ok(())
@@ -442,7 +445,7 @@ impl<S: Sink> ChainControl for SinkStage<S> {
             sink.flush()?;
             sink.pre_commit(id)
         })?;
-        let Some(state) = pre_committed else {
+        let Some(PreCommit { state, sync }) = pre_committed else {
             return Ok(());
         };
         let storage = self.storage.clone();
@@ -455,6 +458,12 @@ impl<S: Sink> ChainControl for SinkStage<S> {
         snapshots.push(PendingSnapshot {
             operator: info.operator.to_string(),
             snapshot: AsyncSnapshot::new(move || {
+                if let Some(sync) = sync {
+                    sync().map_err(|e| StateError::Io {
+                        path: path.clone().into(),
+                        source: std::io::Error::other(format!("{e:#}")),
+                    })?;
+                }
                 let file = storage.write_file(&path, &state)?;
                 Ok(SubtaskSnapshot {
                     keyed: None,
@@ -849,9 +858,15 @@ mod tests {
             self.calls.lock().unwrap().push("finish".into());
             Ok(())
         }
-        fn pre_commit(&mut self, id: CheckpointId) -> anyhow::Result<Option<Vec<u8>>> {
+        fn pre_commit(&mut self, id: CheckpointId) -> anyhow::Result<Option<PreCommit>> {
             self.calls.lock().unwrap().push(format!("pre_commit {id}"));
-            Ok(self.state.clone())
+            let calls = self.calls.clone();
+            Ok(self.state.clone().map(|state| {
+                PreCommit::state(state).with_sync(move || {
+                    calls.lock().unwrap().push(format!("sync {id}"));
+                    Ok(())
+                })
+            }))
         }
         fn commit(&mut self, id: CheckpointId) -> anyhow::Result<()> {
             if std::mem::take(&mut self.fail_commit) {
@@ -926,6 +941,7 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].operator, "out sink");
         let snapshot = pending.pop().unwrap().snapshot.run().unwrap();
+        assert_eq!(taken(&f.calls), ["sync 5"], "on the snapshot thread");
         let (name, file) = &snapshot.extra[0];
         assert_eq!(name, SINK_STATE);
         assert_eq!(file.path, "chk-5/out_sink-1.sink");
@@ -976,6 +992,7 @@ mod tests {
             [
                 "finish",
                 &format!("pre_commit {END_OF_INPUT_COMMIT}"),
+                &format!("sync {END_OF_INPUT_COMMIT}"),
                 &format!("commit {END_OF_INPUT_COMMIT}")
             ]
         );
@@ -989,5 +1006,41 @@ mod tests {
         let error = f.stage.notify_checkpoint(2, true).unwrap_err();
         assert_eq!((error.operator.as_str(), error.subtask), ("out sink", 1));
         assert!(error.cause.contains("commit 2 failed"), "{}", error.cause);
+    }
+
+    /// A sink whose sync work fails: the snapshot (and so the checkpoint) fails.
+    struct FailingSync;
+
+    impl Sink for FailingSync {
+        type In = u32;
+        fn write(&mut self, _: u32) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn pre_commit(&mut self, _: CheckpointId) -> anyhow::Result<Option<PreCommit>> {
+            Ok(Some(
+                PreCommit::state(b"s".to_vec()).with_sync(|| anyhow::bail!("disk on fire")),
+            ))
+        }
+    }
+
+    #[test]
+    fn failed_sync_work_fails_the_snapshot_before_the_state_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = SinkStage {
+            sink: FailingSync,
+            info: fixture(None, true, Vec::new()).stage.info,
+            counters: Arc::default(),
+            storage: Arc::new(LocalCheckpointStorage::new(dir.path()).unwrap()),
+            restore: None,
+            checkpointing: true,
+        };
+        let mut pending = Vec::new();
+        let mut net = Network::new(Vec::new(), 1);
+        stage
+            .checkpoint(Barrier::checkpoint(3), &mut net, &mut pending)
+            .unwrap();
+        let error = pending.pop().unwrap().snapshot.run().unwrap_err();
+        assert!(error.to_string().contains("disk on fire"), "{error}");
+        assert!(!dir.path().join("chk-3/out_sink-1.sink").exists());
     }
 }

@@ -314,7 +314,8 @@ mod tests {
             s.write(Record::from_pairs([("n", Value::Int(n))])).unwrap();
         }
         s.finish().unwrap();
-        s.pre_commit(1).unwrap();
+        let pre_committed = s.pre_commit(1).unwrap().unwrap();
+        (pre_committed.sync.unwrap())().unwrap();
         s.commit(1).unwrap();
         for (part, n) in [("part-0-0-000000.csv", 1), ("part-0-0-000001.csv", 2)] {
             let text = std::fs::read_to_string(spec.dir.join(part)).unwrap();

@@ -3,13 +3,14 @@
 //!
 //! It is the [`Sink`] shell around an [`ExactlyOnceFileWriter`]: `restore` opens the
 //! writer (committing what the restored checkpoint lists, deleting what it does not
-//! cover), `pre_commit` closes the open part and returns the [`SinkSnapshot`], and
-//! `commit` renames the covered pending parts to their visible names.
+//! cover), `pre_commit` closes the open part and returns the [`SinkSnapshot`] with
+//! the fsyncs of its pending parts (run off-thread before the checkpoint completes),
+//! and `commit` renames the covered pending parts to their visible names.
 
 use super::part_files::ExactlyOnceFileWriter;
 use super::two_phase::{RollingPolicy, SinkSnapshot, Writer};
 use crate::checkpoint::coordinator::CheckpointId;
-use crate::operator::{Data, Sink, SubtaskInfo};
+use crate::operator::{Data, PreCommit, Sink, SubtaskInfo};
 use anyhow::Context as _;
 use std::marker::PhantomData;
 use std::path::PathBuf;
@@ -186,10 +187,13 @@ impl<T: Data> Sink for ExactlyOnceFileSink<T> {
         flushed.with_context(|| self.failed("flush a part file"))
     }
 
-    fn pre_commit(&mut self, checkpoint: CheckpointId) -> anyhow::Result<Option<Vec<u8>>> {
-        let snapshot = self.writer()?.snapshot(checkpoint);
-        let snapshot = snapshot.with_context(|| self.failed("close a part file"))?;
-        Ok(Some(snapshot.to_bytes()))
+    fn pre_commit(&mut self, checkpoint: CheckpointId) -> anyhow::Result<Option<PreCommit>> {
+        let closed = self.writer()?.snapshot(checkpoint);
+        let (snapshot, sync) = closed.with_context(|| self.failed("close a part file"))?;
+        let failed = self.failed("sync its part files");
+        Ok(Some(
+            PreCommit::state(snapshot.to_bytes()).with_sync(move || sync.run().context(failed)),
+        ))
     }
 
     fn commit(&mut self, checkpoint: CheckpointId) -> anyhow::Result<()> {
@@ -242,8 +246,10 @@ mod tests {
         sink.write(("bb".into(), 22)).unwrap(); // beyond 8 bytes: a second part
         sink.finish().unwrap();
         assert!(names(dir.path()).iter().all(|n| n.starts_with('.')));
-        let state = sink.pre_commit(4).unwrap().expect("the sink has state");
-        assert_eq!(SinkSnapshot::from_bytes(&state).unwrap().pending.len(), 2);
+        let pre_committed = sink.pre_commit(4).unwrap().expect("the sink has state");
+        (pre_committed.sync.expect("pending parts to sync"))().unwrap();
+        let state = SinkSnapshot::from_bytes(&pre_committed.state).unwrap();
+        assert_eq!(state.pending.len(), 2);
         assert!(names(dir.path()).iter().all(|n| n.starts_with('.')));
         sink.commit(4).unwrap();
         assert_eq!(
@@ -262,7 +268,7 @@ mod tests {
         first.open(&info(0, 1, 0)).unwrap();
         first.restore(Vec::new()).unwrap();
         first.write(("a".into(), 1)).unwrap();
-        let state = first.pre_commit(1).unwrap().unwrap();
+        let state = first.pre_commit(1).unwrap().unwrap().state;
         first.write(("lost".into(), 2)).unwrap();
         drop(first); // fails before the commit
 

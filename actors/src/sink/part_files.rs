@@ -3,11 +3,14 @@
 //! Names, for writer subtask `s`, attempt `a` and counter `n` (zero-padded to 6
 //! digits):
 //! - in progress: `.part-{s}-{a}-{n}.inprogress` (hidden)
-//! - pending:     `.part-{s}-{a}-{n}.pending` (hidden; flushed and fsynced)
+//! - pending:     `.part-{s}-{a}-{n}.pending` (hidden; flushed)
 //! - committed:   `part-{s}-{a}-{n}{suffix}` (visible; readers read only these)
 //!
-//! Every rename is followed by an fsync of the directory, so a committed name survives
-//! a crash of the machine, not only of the process.
+//! Closing a part only flushes and renames it: the fsyncs of the pending parts a
+//! snapshot lists (and of the directory) are a [`PartSync`] that the checkpoint runs
+//! off the subtask's thread before it can complete, so the data plane never waits
+//! for the disk at a barrier. Commits fsync the directory, so a committed name
+//! survives a crash of the machine, not only of the process.
 //!
 //! Subtask `i` of `p` owns the hidden parts of every writer subtask `s` with
 //! `s % p == i`: the same old subtasks whose snapshots it takes over after a rescale
@@ -137,11 +140,36 @@ impl PartFiles {
         }
     }
 
+    /// Carries out `ops`; the directory is fsynced once after their commits.
     pub fn apply(&mut self, ops: Vec<FileOp>) -> io::Result<()> {
-        ops.into_iter().try_for_each(|op| self.apply_one(op))
+        let mut committed = false;
+        for op in ops {
+            self.apply_one(op, &mut committed)?;
+        }
+        if committed {
+            self.sync_dir()?;
+        }
+        Ok(())
     }
 
-    fn apply_one(&mut self, op: FileOp) -> io::Result<()> {
+    /// The fsyncs that make the pending parts `snapshot` lists durable.
+    pub fn sync_for(&self, snapshot: &SinkSnapshot) -> PartSync {
+        PartSync {
+            dir: self.dir.clone(),
+            parts: snapshot
+                .pending
+                .iter()
+                .map(|p| {
+                    (
+                        self.hidden_path(p.part, "pending"),
+                        self.committed_path(p.part),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn apply_one(&mut self, op: FileOp, renamed: &mut bool) -> io::Result<()> {
         match op {
             FileOp::Open { part } => {
                 let file = File::create(self.hidden_path(part, "inprogress"))?;
@@ -153,20 +181,19 @@ impl PartFiles {
                     .take()
                     .ok_or_else(|| io::Error::other("no part file is open"))?;
                 debug_assert_eq!(open, part);
-                let file = writer.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
+                // Flushed here; fsynced by the `PartSync` of the snapshot listing it.
+                drop(writer.into_inner().map_err(|e| e.into_error())?);
                 fs::rename(
                     self.hidden_path(part, "inprogress"),
                     self.hidden_path(part, "pending"),
                 )?;
-                self.sync_dir()?;
             }
             FileOp::Commit { part } => {
                 let pending = self.hidden_path(part, "pending");
                 let committed = self.committed_path(part);
                 if pending.exists() {
                     fs::rename(&pending, &committed)?;
-                    self.sync_dir()?;
+                    *renamed = true;
                 } else if !committed.exists() {
                     return Err(io::Error::new(
                         io::ErrorKind::NotFound,
@@ -194,6 +221,39 @@ impl PartFiles {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// Makes the pending parts of a snapshot durable: an fsync of each, then of the
+/// directory (their names). Runs off the subtask's thread, before the checkpoint
+/// can complete.
+#[derive(Debug)]
+pub struct PartSync {
+    dir: PathBuf,
+    /// (pending path, committed path) per part.
+    parts: Vec<(PathBuf, PathBuf)>,
+}
+
+impl PartSync {
+    pub fn run(self) -> io::Result<()> {
+        for (pending, committed) in &self.parts {
+            match File::open(pending) {
+                Ok(file) => file.sync_all()?,
+                // Committed meanwhile by an older checkpoint that listed it too,
+                // whose own sync ran before it completed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && committed.exists() => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot sync {}: {e}", pending.display()),
+                    ))
+                }
+            }
+        }
+        if !self.parts.is_empty() {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
     }
 }
 
@@ -254,11 +314,13 @@ impl ExactlyOnceFileWriter {
         self.files.flush()
     }
 
-    /// The pre-commit at checkpoint `id`'s barrier.
-    pub fn snapshot(&mut self, id: CheckpointId) -> io::Result<SinkSnapshot> {
+    /// The pre-commit at checkpoint `id`'s barrier: closes the open part; the
+    /// snapshot is valid once its `PartSync` has run.
+    pub fn snapshot(&mut self, id: CheckpointId) -> io::Result<(SinkSnapshot, PartSync)> {
         let (ops, snapshot) = self.tracker.snapshot(id);
         self.files.apply(ops)?;
-        Ok(snapshot)
+        let sync = self.files.sync_for(&snapshot);
+        Ok((snapshot, sync))
     }
 
     /// The commit, once checkpoint `id` is complete.
@@ -295,6 +357,13 @@ mod tests {
             .collect()
     }
 
+    /// The pre-commit, with its sync run at once.
+    fn pre_commit(w: &mut ExactlyOnceFileWriter, id: CheckpointId) -> SinkSnapshot {
+        let (snapshot, sync) = w.snapshot(id).unwrap();
+        sync.run().unwrap();
+        snapshot
+    }
+
     fn write_range(w: &mut ExactlyOnceFileWriter, range: std::ops::Range<u32>) {
         for i in range {
             w.write(format!("{i}\n").as_bytes(), 0).unwrap();
@@ -318,7 +387,7 @@ mod tests {
             visible_lines(dir.path()).is_empty(),
             "nothing visible before a commit"
         );
-        w.snapshot(1).unwrap();
+        pre_commit(&mut w, 1);
         assert!(
             visible_lines(dir.path()).is_empty(),
             "pending is not visible"
@@ -341,7 +410,7 @@ mod tests {
             ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, Vec::new())
                 .unwrap();
         write_range(&mut w, 0..20);
-        let snapshot = w.snapshot(1).unwrap(); // durable in checkpoint 1
+        let snapshot = pre_commit(&mut w, 1); // durable in checkpoint 1
         write_range(&mut w, 20..30); // after the barrier: not covered
         drop(w); // crash before notify-complete reached the sink
 
@@ -381,7 +450,7 @@ mod tests {
             ExactlyOnceFileWriter::open(dir.path(), writer(3, 0), 4, "", policy, vec![snapshot])
                 .unwrap();
         write_range(&mut w, 20..30);
-        w.snapshot(2).unwrap();
+        pre_commit(&mut w, 2);
         w.notify_complete(2).unwrap();
         assert_eq!(
             visible_lines(dir.path()),
@@ -402,7 +471,7 @@ mod tests {
         )
         .unwrap();
         write_range(&mut w, 0..3);
-        let snapshot = w.snapshot(1).unwrap();
+        let snapshot = pre_commit(&mut w, 1);
         drop(w);
         fs::remove_file(dir.path().join(".part-0-0-000000.pending")).unwrap();
         let error = ExactlyOnceFileWriter::open(
@@ -506,7 +575,7 @@ mod tests {
                 .unwrap();
                 let first = s * 100;
                 write_range(&mut w, first..first + 5);
-                let snapshot = w.snapshot(1).unwrap();
+                let snapshot = pre_commit(&mut w, 1);
                 write_range(&mut w, first + 5..first + 10); // not covered
                 snapshot
             })
@@ -546,8 +615,8 @@ mod tests {
         assert_eq!(lines, expected);
         write_range(&mut new0, 1000..1001);
         write_range(&mut new1, 1001..1002);
-        new0.snapshot(2).unwrap();
-        new1.snapshot(2).unwrap();
+        pre_commit(&mut new0, 2);
+        pre_commit(&mut new1, 2);
         new0.notify_complete(2).unwrap();
         new1.notify_complete(2).unwrap();
         assert_eq!(visible_lines(dir.path()).len(), 17);
@@ -562,11 +631,39 @@ mod tests {
                 ExactlyOnceFileWriter::open(dir.path(), writer(0, 0), 1, "", policy, Vec::new())
                     .unwrap();
             write_range(&mut w, run * 10..run * 10 + 3);
-            w.snapshot(1).unwrap();
+            pre_commit(&mut w, 1);
             w.notify_complete(1).unwrap();
         }
         let mut lines = visible_lines(dir.path());
         lines.sort();
         assert_eq!(lines, ["0", "1", "10", "11", "12", "2"]);
+    }
+
+    #[test]
+    fn a_sync_tolerates_parts_committed_meanwhile_but_not_vanished_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ExactlyOnceFileWriter::open(
+            dir.path(),
+            writer(0, 0),
+            1,
+            "",
+            RollingPolicy::default(),
+            Vec::new(),
+        )
+        .unwrap();
+        write_range(&mut w, 0..3);
+        let (_, first) = w.snapshot(1).unwrap();
+        // Checkpoint 1 aborted; checkpoint 2 lists the part again, and 1's sync runs
+        // late, after 2 completed and committed it.
+        let (_, second) = w.snapshot(2).unwrap();
+        second.run().unwrap();
+        w.notify_complete(2).unwrap();
+        first.run().unwrap();
+
+        write_range(&mut w, 3..4);
+        let (_, third) = w.snapshot(3).unwrap();
+        fs::remove_file(dir.path().join(".part-0-0-000001.pending")).unwrap();
+        let error = third.run().unwrap_err().to_string();
+        assert!(error.contains(".part-0-0-000001.pending"), "{error}");
     }
 }

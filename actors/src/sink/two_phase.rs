@@ -2,9 +2,9 @@
 //! (Flink's `FileSink` with an on-checkpoint rolling policy).
 //!
 //! A subtask writes into one hidden **in-progress** part at a time. A part is closed
-//! (flushed, fsynced, renamed to hidden **pending**) when it reaches the size or age
-//! limit, and always at a checkpoint barrier, so a checkpoint never covers half a
-//! part. The snapshot of checkpoint `n` lists every pending part not yet committed,
+//! (flushed, renamed to hidden **pending**; fsynced before any checkpoint listing it
+//! completes) when it reaches the size or age limit, and always at a checkpoint
+//! barrier, so a checkpoint never covers half a part. The snapshot of checkpoint `n` lists every pending part not yet committed,
 //! tagged with the checkpoint that first covered it. On notify-complete of `n` every
 //! pending part covered by a checkpoint `<= n` is **committed** (renamed to its
 //! visible name); readers only ever see committed parts.
@@ -90,7 +90,8 @@ impl Default for RollingPolicy {
 pub enum FileOp {
     /// Create in-progress `part` and write to it from now on.
     Open { part: PartId },
-    /// Flush + fsync in-progress `part`, rename it to pending.
+    /// Flush in-progress `part`, rename it to pending (the shell fsyncs the pending
+    /// parts a snapshot lists before the checkpoint may complete).
     Close { part: PartId },
     /// Rename pending `part` to its visible name (no-op if already visible).
     Commit { part: PartId },
