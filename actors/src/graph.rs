@@ -2,11 +2,13 @@
 //! their partitioning. Types are checked when the graph is planned, so the downcasts
 //! at the chain boundaries cannot fail at run time.
 
+use crate::channel_state::ChannelState;
 use crate::config::JobConfig;
 use crate::config::StateBackendChoice;
 use crate::control::JobControl;
 use crate::error::{JobError, StageError};
 use crate::metrics::{JobMetrics, JobReport, OperatorCounters};
+use crate::network::AnyBatch;
 use crate::operator::{Data, Key, KeyFn, KeyedOperator, Operator, Sink, Source, SubtaskInfo};
 use crate::partition::{KeyHashFn, Partitioner};
 use crate::plan::{plan, EdgeKind, NodeKind, Plan, PlanEdge, PlanNode};
@@ -94,6 +96,9 @@ pub(crate) trait Port: Send + Sync {
     ) -> Box<dyn Any>;
     /// The network-facing head in front of a `BoxedInput<T>` (behind `Any`).
     fn head(&self, first: Box<dyn Any>) -> Box<dyn InputHead>;
+    /// A batch of this type as channel state bytes, and back.
+    fn encode(&self, batch: &AnyBatch) -> Result<Vec<u8>, String>;
+    fn decode(&self, bytes: &[u8]) -> Result<AnyBatch, String>;
 }
 
 struct TypedPort<T>(PhantomData<fn() -> T>);
@@ -152,6 +157,19 @@ impl<T: Data> Port for TypedPort<T> {
 
     fn head(&self, first: Box<dyn Any>) -> Box<dyn InputHead> {
         Box::new(TypedHead(take_input::<T>(first)))
+    }
+
+    fn encode(&self, batch: &AnyBatch) -> Result<Vec<u8>, String> {
+        let records = batch
+            .downcast_ref::<Vec<T>>()
+            .expect("edge types are checked when the graph is planned");
+        postcard::to_allocvec(records).map_err(|e| format!("cannot encode in-flight records: {e}"))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<AnyBatch, String> {
+        let records: Vec<T> = postcard::from_bytes(bytes)
+            .map_err(|e| format!("cannot decode in-flight records: {e}"))?;
+        Ok(Box::new(records))
     }
 }
 
@@ -275,6 +293,10 @@ impl<S: Sink> NodeSpec for SinkSpec<S> {
     }
 }
 
+/// The name under which a subtask's in-flight records (unaligned checkpoints) are
+/// kept, in the snapshot of its chain's first operator.
+pub(crate) const CHANNELS: &str = "channels";
+
 /// What building a subtask's chain needs beyond the node itself.
 pub(crate) struct BuildEnv {
     pub backend: StateBackendChoice,
@@ -333,6 +355,36 @@ impl BuildEnv {
                 format!("cannot open its {:?} state backend: {e}", self.backend),
             )
         })
+    }
+
+    /// The in-flight data an unaligned checkpoint kept for the subtask whose chain
+    /// starts with `head`.
+    pub fn channel_state(&self, head: &SubtaskInfo) -> Result<Option<ChannelState>, StageError> {
+        let Some(old) = self.restored(head) else {
+            return Ok(None);
+        };
+        let Some(snapshot) = old.subtasks.get(head.index as usize) else {
+            return Ok(None);
+        };
+        let Some((_, file)) = snapshot.extra.iter().find(|(name, _)| name == CHANNELS) else {
+            return Ok(None);
+        };
+        if old.subtasks.len() != head.parallelism as usize {
+            return Err(Self::failure(
+                head,
+                format!(
+                    "the checkpoint holds in-flight records (unaligned) of this operator at parallelism {}: it restores only at that parallelism",
+                    old.subtasks.len()
+                ),
+            ));
+        }
+        let bytes = self
+            .storage
+            .read_file(file)
+            .map_err(|e| Self::failure(head, format!("cannot read its in-flight records: {e}")))?;
+        ChannelState::decode(&bytes)
+            .map(Some)
+            .map_err(|e| Self::failure(head, e))
     }
 
     /// The position a restored source subtask continues from.

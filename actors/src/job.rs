@@ -58,12 +58,9 @@ pub(crate) fn execute(graph: JobGraph, control: JobControl) -> Result<JobReport,
     let checkpoints = match &graph.config.checkpoint {
         None => None,
         Some(config) => {
-            if !matches!(
-                config.mode,
-                CheckpointMode::Aligned | CheckpointMode::AtLeastOnce
-            ) {
+            if matches!(config.mode, CheckpointMode::AlignedWithTimeout { .. }) {
                 return Err(JobError::InvalidGraph(format!(
-                    "checkpoint mode {:?} is not supported yet: use aligned or at-least-once",
+                    "checkpoint mode {:?} is not supported yet: use aligned, unaligned or at-least-once",
                     config.mode
                 )));
             }

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the protocols and invariants.
 
+mod channel_state;
 pub mod checkpoint;
 pub mod config;
 mod control;

@@ -519,7 +519,18 @@ impl<T: Data> ChainControl for NetworkOutput<T> {
         net: &mut Network,
         _: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        self.send_to_all(net, || ChannelEvent::Barrier(barrier));
+        if barrier.unaligned {
+            // Ahead of the queued output, which the subtask then keeps as channel state.
+            self.flush(net);
+            for receiver in 0..self.buffers.len() {
+                net.send_first(
+                    self.first_channel + receiver,
+                    ChannelEvent::Barrier(barrier),
+                );
+            }
+        } else {
+            self.send_to_all(net, || ChannelEvent::Barrier(barrier));
+        }
         Ok(())
     }
 

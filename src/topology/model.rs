@@ -436,14 +436,16 @@ fn parse_checkpoint(v: &Val, ctx: &Ctx) -> Result<CheckpointConfig, Problem> {
         config.retain = n as usize;
     }
     if let Some((mode, at)) = r.string("mode", "\"aligned\"")? {
-        const MODES: &[&str] = &["aligned", "at_least_once"];
+        const MODES: &[&str] = &["aligned", "unaligned", "at_least_once"];
         config.mode = match mode.as_str() {
             "aligned" => CheckpointMode::Aligned,
+            "unaligned" => CheckpointMode::Unaligned,
             "at_least_once" => CheckpointMode::AtLeastOnce,
             _ => {
                 let fix = match closest(&mode, MODES) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None => "use `aligned` (exactly once) or `at_least_once`".to_string(),
+                    None => "use `aligned` or `unaligned` (exactly once), or `at_least_once`"
+                        .to_string(),
                 };
                 return Err(
                     Problem::new(&at, format!("unknown checkpoint mode `{mode}`")).fix(fix),

@@ -12,7 +12,7 @@ use crate::checkpoint::coordinator::{
     AbortReason, Barrier, CheckpointId, CheckpointType, Command, Coordinator, CoordinatorConfig,
     SnapshotKind,
 };
-use crate::config::CheckpointConfig;
+use crate::config::{CheckpointConfig, CheckpointMode};
 use crate::error::JobError;
 use crate::subtask::{
     CompleteAndStop, FinalCheckpoint, NotifyCheckpoint, ResumeSource, TriggerCheckpoint,
@@ -162,7 +162,9 @@ impl CheckpointDriver {
                     max_parallelism,
                     subtasks: vec![SubtaskSnapshot::default(); parallelism as usize],
                 });
-            entry.subtasks[index as usize] = snapshot;
+            // A subtask may report several parts for one operator (its keyed state,
+            // its in-flight records): they add up.
+            absorb(&mut entry.subtasks[index as usize], snapshot);
         }
         let bytes: u64 = metadata.files().iter().map(|f| f.size).sum();
         self.store.add(&metadata).map_err(|e| e.to_string())?;
@@ -178,6 +180,17 @@ impl CheckpointDriver {
             tracing::warn!(checkpoint = id, error = %e, "could not clean up an aborted checkpoint");
         }
     }
+}
+
+/// Adds one reported part of a subtask's snapshot to what it reported before.
+fn absorb(into: &mut SubtaskSnapshot, part: SubtaskSnapshot) {
+    if part.keyed.is_some() {
+        into.keyed = part.keyed;
+    }
+    if part.operator.is_some() {
+        into.operator = part.operator;
+    }
+    into.extra.extend(part.extra);
 }
 
 impl JobMaster {
@@ -222,8 +235,16 @@ impl JobMaster {
                                 tracing::info!(checkpoint = id, "savepoint to stop the job");
                                 self.lifecycle = Lifecycle::Stopping { savepoint: id };
                             }
+                            let unaligned = self
+                                .deployment
+                                .graph
+                                .config
+                                .checkpoint
+                                .as_ref()
+                                .is_some_and(|c| c.mode == CheckpointMode::Unaligned);
                             let barrier = Barrier {
                                 id,
+                                unaligned,
                                 kind: if savepoint {
                                     SnapshotKind::Savepoint
                                 } else {
