@@ -111,6 +111,7 @@ pub(crate) fn execute(graph: JobGraph, control: JobControl) -> Result<JobReport,
         checkpoints: summary.checkpoints,
         recoveries: summary.recoveries,
         savepoint: summary.savepoint,
+        checkpoint_durations: summary.checkpoint_durations,
     })
 }
 

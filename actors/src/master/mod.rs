@@ -24,7 +24,9 @@
 
 mod checkpoints;
 
-pub(crate) use checkpoints::{CheckpointAcked, CheckpointDeclined, CheckpointDriver};
+pub(crate) use checkpoints::{
+    CheckpointAcked, CheckpointDeclined, CheckpointDriver, SnapshotTimes,
+};
 
 use crate::checkpoint::coordinator::CheckpointId;
 use crate::checkpoint::restart::{Decision, RestartStrategy, RestartTracker};
@@ -107,6 +109,7 @@ pub(crate) struct RunSummary {
     pub checkpoints: u64,
     pub recoveries: Vec<Duration>,
     pub savepoint: Option<PathBuf>,
+    pub checkpoint_durations: Vec<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +247,11 @@ impl JobMaster {
                 restarts: self.attempt,
                 checkpoints: self.checkpoints.as_ref().map_or(0, |c| c.completed),
                 recoveries: std::mem::take(&mut self.recoveries),
+                checkpoint_durations: self
+                    .checkpoints
+                    .as_mut()
+                    .map(|c| std::mem::take(&mut c.durations))
+                    .unwrap_or_default(),
                 savepoint: self.savepoint.and_then(|id| {
                     let config = self.deployment.graph.config.checkpoint.as_ref()?;
                     Some(config.dir.join(weir_state::storage::checkpoint_dir(id)))

@@ -10,10 +10,11 @@ use crate::error::StageError;
 use crate::flow::ChannelEvent;
 use crate::gate::InputGate;
 use crate::graph::CHANNELS;
-use crate::master::{CheckpointAcked, CheckpointDeclined, JobMaster};
+use crate::master::{CheckpointAcked, CheckpointDeclined, JobMaster, SnapshotTimes};
 use crate::network::{AnyBatch, Network};
 use crate::stage::{file_safe, PendingSnapshot};
 use actix::Addr;
+use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
 use weir_state::AsyncSnapshot;
@@ -53,11 +54,17 @@ impl AckTo {
 
     /// Runs the asynchronous parts of the snapshot off the actor's thread, then
     /// acknowledges (or declines) the checkpoint.
-    pub fn acknowledge(&self, id: CheckpointId, pending: Vec<PendingSnapshot>) {
+    pub fn acknowledge(
+        &self,
+        id: CheckpointId,
+        pending: Vec<PendingSnapshot>,
+        mut times: SnapshotTimes,
+    ) {
         let to = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("weir-snapshot-{id}"))
             .spawn(move || {
+                let started = Instant::now();
                 let written: Result<Vec<_>, String> = pending
                     .into_iter()
                     .map(|p| {
@@ -67,11 +74,13 @@ impl AckTo {
                             .map_err(|e| e.to_string())
                     })
                     .collect();
+                times.asynchronous = started.elapsed();
                 match written {
                     Ok(snapshots) => to.master.do_send(CheckpointAcked {
                         id,
                         subtask: to.subtask,
                         snapshots,
+                        times,
                     }),
                     Err(reason) => {
                         to.decline(id, &format!("could not write its snapshot: {reason}"))
@@ -90,6 +99,7 @@ struct Unaligned {
     pending: Vec<PendingSnapshot>,
     outputs: Vec<Vec<Vec<u8>>>,
     inputs: InputRecorder,
+    times: SnapshotTimes,
 }
 
 /// A subtask's part in checkpoints.
@@ -101,6 +111,8 @@ pub(super) struct Checkpointing {
     pub latest: Barrier,
     pub channels: Option<ChannelIo>,
     unaligned: Option<Unaligned>,
+    /// When the first barrier of the newest checkpoint arrived.
+    first_barrier: Instant,
 }
 
 impl Checkpointing {
@@ -111,10 +123,14 @@ impl Checkpointing {
             latest: Barrier::checkpoint(0),
             channels,
             unaligned: None,
+            first_barrier: Instant::now(),
         }
     }
 
     pub fn saw(&mut self, barrier: Barrier) {
+        if barrier.id > self.latest.id {
+            self.first_barrier = Instant::now();
+        }
         if barrier.id >= self.latest.id {
             self.latest = barrier;
         }
@@ -175,20 +191,21 @@ impl Checkpointing {
             &mut Vec<PendingSnapshot>,
         ) -> Result<(), StageError>,
     ) -> Result<(), StageError> {
+        let started = Instant::now();
         let mut pending = Vec::new();
         checkpoint(barrier, net, &mut pending)?;
+        let mut times = SnapshotTimes::default();
         if barrier.unaligned {
             let outputs = self.overtaken_output(net)?;
-            self.push_channel_state(
-                barrier.id,
-                ChannelState {
-                    inputs: Vec::new(),
-                    outputs,
-                },
-                &mut pending,
-            );
+            let state = ChannelState {
+                inputs: Vec::new(),
+                outputs,
+            };
+            times.channel_bytes = state.bytes() as u64;
+            self.push_channel_state(barrier.id, state, &mut pending);
         }
-        self.ack_to.acknowledge(barrier.id, pending);
+        times.sync = started.elapsed();
+        self.ack_to.acknowledge(barrier.id, pending, times);
         Ok(())
     }
 
@@ -214,9 +231,15 @@ impl Checkpointing {
                     unaligned: false,
                 } => {
                     debug_assert_eq!(id, self.latest.id);
+                    let started = Instant::now();
                     let mut pending = Vec::new();
                     checkpoint(self.latest, net, &mut pending)?;
-                    self.ack_to.acknowledge(id, pending);
+                    let times = SnapshotTimes {
+                        alignment: started.duration_since(self.first_barrier),
+                        sync: started.elapsed(),
+                        ..SnapshotTimes::default()
+                    };
+                    self.ack_to.acknowledge(id, pending, times);
                 }
                 Action::Snapshot {
                     id,
@@ -227,6 +250,7 @@ impl Checkpointing {
                         ..self.latest
                     };
                     debug_assert_eq!(id, barrier.id);
+                    let started = Instant::now();
                     let mut pending = Vec::new();
                     checkpoint(barrier, net, &mut pending)?;
                     let outputs = self.overtaken_output(net)?;
@@ -244,11 +268,17 @@ impl Checkpointing {
                             }
                         }
                     }
+                    let times = SnapshotTimes {
+                        alignment: started.duration_since(self.first_barrier),
+                        sync: started.elapsed(),
+                        ..SnapshotTimes::default()
+                    };
                     self.unaligned = Some(Unaligned {
                         id,
                         pending,
                         outputs,
                         inputs,
+                        times,
                     });
                 }
                 Action::Record(channel) => {
@@ -269,8 +299,12 @@ impl Checkpointing {
                             inputs: unaligned.inputs.finish(),
                             outputs: unaligned.outputs,
                         };
+                        let times = SnapshotTimes {
+                            channel_bytes: state.bytes() as u64,
+                            ..unaligned.times
+                        };
                         self.push_channel_state(id, state, &mut pending);
-                        self.ack_to.acknowledge(id, pending);
+                        self.ack_to.acknowledge(id, pending, times);
                     }
                 }
                 // A newer barrier subsumes the older checkpoint (or the coordinator
