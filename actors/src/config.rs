@@ -33,6 +33,14 @@ pub struct JobConfig {
     pub state_dir: Option<PathBuf>,
     /// Periodic checkpoints; none when `None`.
     pub checkpoint: Option<CheckpointConfig>,
+    /// Start from this checkpoint directory (`…/chk-<id>`, in any storage) instead of
+    /// the latest one in the checkpoint dir: at any parallelism up to
+    /// `max_parallelism` (which must match the checkpoint's) and with either state
+    /// backend.
+    pub restore_from: Option<PathBuf>,
+    /// Start from a checkpoint even if it holds state of operators this job does not
+    /// have (that state is dropped); otherwise such a restore is refused.
+    pub allow_non_restored_state: bool,
 }
 
 /// How and where a job checkpoints.
@@ -92,6 +100,8 @@ impl Default for JobConfig {
             state_backend: StateBackendChoice::Memory,
             state_dir: None,
             checkpoint: None,
+            restore_from: None,
+            allow_non_restored_state: false,
         }
     }
 }

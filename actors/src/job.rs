@@ -21,8 +21,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
-use weir_state::checkpoints::{latest_valid, Verify};
-use weir_state::handle::CheckpointMetadata;
 use weir_state::{CheckpointStorage, LocalCheckpointStorage};
 
 /// Everything subtasks need to build their chains, shared read-only.
@@ -162,10 +160,8 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
             )?)
         }
     };
-    let restore = match &graph.config.checkpoint {
-        Some(config) if config.resume => latest_checkpoint(storage.as_ref(), config)?,
-        _ => None,
-    };
+    let operators: Vec<&str> = graph.nodes.iter().map(|n| n.name.as_str()).collect();
+    let restore = crate::restore::select(&graph.config, &storage, &operators)?;
     let env = BuildEnv {
         backend: graph.config.state_backend,
         state_dir: state.path.clone(),
@@ -190,27 +186,6 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
         operators: metrics.snapshot(),
         elapsed: started.elapsed(),
     })
-}
-
-/// The newest valid checkpoint to resume from; damaged newer ones are skipped (and
-/// named) with a warning.
-fn latest_checkpoint(
-    storage: &dyn CheckpointStorage,
-    config: &crate::config::CheckpointConfig,
-) -> Result<Option<CheckpointMetadata>, JobError> {
-    let recovered = latest_valid(storage, Verify::Files).map_err(|e| {
-        JobError::Runtime(format!(
-            "cannot read the checkpoints in {}: {e}",
-            config.dir.display()
-        ))
-    })?;
-    Ok(recovered.map(|r| {
-        for (id, why) in &r.skipped {
-            tracing::warn!(checkpoint = id, reason = %why, "skipping a damaged checkpoint");
-        }
-        tracing::info!(checkpoint = r.metadata.checkpoint_id, dir = %config.dir.display(), "resuming from checkpoint");
-        r.metadata
-    }))
 }
 
 /// The job's local state directory; a temporary one is removed when the job ends.
