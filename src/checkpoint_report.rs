@@ -111,8 +111,8 @@ pub fn list(dir: &Path) -> Result<Vec<CheckpointListing>, String> {
     }
     let storage = LocalCheckpointStorage::new(dir)
         .map_err(|e| format!("cannot open the checkpoint directory: {e}"))?;
-    let ids = list_checkpoint_ids(&storage)
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let ids =
+        list_checkpoint_ids(&storage).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     Ok(ids.into_iter().map(|id| summarize(&storage, id)).collect())
 }
 
@@ -123,10 +123,12 @@ fn summarize(storage: &LocalCheckpointStorage, id: u64) -> CheckpointListing {
         .and_then(|m| m.modified())
         .ok()
         .map(|t| humantime::format_rfc3339_seconds(t).to_string());
-    let readable = storage
-        .read_raw(&metadata_path)
-        .ok()
-        .and_then(|bytes| Some((bytes.len() as u64, decode_metadata(&metadata_path, &bytes).ok()?)));
+    let readable = storage.read_raw(&metadata_path).ok().and_then(|bytes| {
+        Some((
+            bytes.len() as u64,
+            decode_metadata(&metadata_path, &bytes).ok()?,
+        ))
+    });
     let size_bytes = match &readable {
         Some((len, metadata)) => len + metadata.files().iter().map(|f| f.size).sum::<u64>(),
         None => dir_size(&storage.local_path(&checkpoint_dir(id))),
@@ -190,7 +192,10 @@ pub fn inspect(path: &Path) -> Result<CheckpointDetails, String> {
     })
 }
 
-fn operators(metadata: &CheckpointMetadata, storage: &dyn CheckpointStorage) -> Vec<OperatorDetails> {
+fn operators(
+    metadata: &CheckpointMetadata,
+    storage: &dyn CheckpointStorage,
+) -> Vec<OperatorDetails> {
     metadata
         .operators
         .iter()
@@ -395,7 +400,9 @@ pub fn render_details(d: &CheckpointDetails) -> String {
                     } else {
                         t.extra
                             .iter()
-                            .map(|f| format!("{} {} ({})", f.name, f.path, human_bytes(f.size_bytes)))
+                            .map(|f| {
+                                format!("{} {} ({})", f.name, f.path, human_bytes(f.size_bytes))
+                            })
                             .collect::<Vec<_>>()
                             .join(", ")
                     },
@@ -464,7 +471,11 @@ fn keyed_text(k: &KeyedDetails) -> String {
 }
 
 fn operator_state_text(o: &OperatorStateDetails) -> String {
-    let mut parts = vec![format!("{} ({})", o.file.path, human_bytes(o.file.size_bytes))];
+    let mut parts = vec![format!(
+        "{} ({})",
+        o.file.path,
+        human_bytes(o.file.size_bytes)
+    )];
     if let Some(e) = &o.error {
         parts.push(format!("unreadable: {e}"));
     }
@@ -473,7 +484,11 @@ fn operator_state_text(o: &OperatorStateDetails) -> String {
             .iter()
             .map(|(name, mode, n)| format!("{mode} list {name}: {n}")),
     );
-    parts.extend(o.broadcast.iter().map(|(name, n)| format!("broadcast {name}: {n}")));
+    parts.extend(
+        o.broadcast
+            .iter()
+            .map(|(name, n)| format!("broadcast {name}: {n}")),
+    );
     parts.join("; ")
 }
 

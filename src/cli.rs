@@ -270,11 +270,17 @@ fn checkpoints(command: CheckpointsCommand) -> ExitCode {
     use crate::checkpoint_report as report;
     let (text, json) = match command {
         CheckpointsCommand::List { dir, json } => match report::list(&dir) {
-            Ok(l) => (report::render_list(&dir, &l), json.then(|| serde_json::to_string_pretty(&l))),
+            Ok(l) => (
+                report::render_list(&dir, &l),
+                json.then(|| serde_json::to_string_pretty(&l)),
+            ),
             Err(e) => return usage_error(&e),
         },
         CheckpointsCommand::Inspect { path, json } => match report::inspect(&path) {
-            Ok(d) => (report::render_details(&d), json.then(|| serde_json::to_string_pretty(&d))),
+            Ok(d) => (
+                report::render_details(&d),
+                json.then(|| serde_json::to_string_pretty(&d)),
+            ),
             Err(e) => return usage_error(&e),
         },
     };

@@ -9,12 +9,12 @@ use crate::metrics::{JobMetrics, JobReport, OperatorCounters};
 use crate::operator::{
     Data, Key, KeyFn, KeyedOperator, Operator, Sink, Source, SubtaskInfo, SOURCE_SPLITS_STATE,
 };
-use crate::restore::Restore;
 use crate::partition::{KeyHashFn, Partitioner};
 use crate::plan::{plan, EdgeKind, NodeKind, Plan, PlanEdge, PlanNode};
+use crate::restore::Restore;
 use crate::stage::{
-    file_safe, guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage, SinkStage,
-    RestoredSplits, SourceHead, SourceStage, StageCore, Tee, TypedHead,
+    file_safe, guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage,
+    RestoredSplits, SinkStage, SourceHead, SourceStage, StageCore, Tee, TypedHead,
 };
 use crate::time::generator::{WatermarkGenerator, WatermarkStrategy};
 use std::any::Any;

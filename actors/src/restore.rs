@@ -51,7 +51,9 @@ pub fn locate_checkpoint(path: &Path) -> Result<(PathBuf, u64), String> {
 }
 
 /// Opens the checkpoint at `path` and verifies every byte it references.
-pub fn open_checkpoint(path: &Path) -> Result<(CheckpointMetadata, LocalCheckpointStorage), String> {
+pub fn open_checkpoint(
+    path: &Path,
+) -> Result<(CheckpointMetadata, LocalCheckpointStorage), String> {
     let (root, id) = locate_checkpoint(path)?;
     if !root.join(format!("chk-{id}")).is_dir() {
         return Err(format!("{}: no such checkpoint directory", path.display()));

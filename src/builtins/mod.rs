@@ -17,6 +17,6 @@ pub use operators::{
 };
 pub use sinks::{FileSink, NullSink, SinkFormat, StdoutSink};
 pub use sources::{
-    FileSource, FileSourceSpec, FileSplit, GeneratorSource, GeneratorSplit, GeneratorSpec,
+    FileSource, FileSourceSpec, FileSplit, GeneratorSource, GeneratorSpec, GeneratorSplit,
     InputFile, StdinSource, StdinSpec,
 };

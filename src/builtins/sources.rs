@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use weir_state::operator_state::split_range;
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_actors::{Context, Source, SourcePoll, SubtaskInfo};
+use weir_state::operator_state::split_range;
 
 // ---------------------------------------------------------------------------------
 // Generator
@@ -398,8 +398,8 @@ pub fn fresh_file_splits(
         let mut wanted: Vec<u64> = ranges.iter().flat_map(|&(a, b)| [a, b]).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let reader = File::open(&input.path)
-            .with_context(|| format!("cannot open {}", input.display))?;
+        let reader =
+            File::open(&input.path).with_context(|| format!("cannot open {}", input.display))?;
         let found = line_boundaries(BufReader::new(reader), &wanted)
             .with_context(|| format!("cannot read {}", input.display))?;
         let at = |t: u64| found[wanted.binary_search(&t).expect("a wanted target")];
@@ -526,7 +526,12 @@ impl Source for FileSource {
         if self.splits.is_none() {
             let splits = self.spec.splits.map_or(self.default_splits, u64::from);
             let fresh = fresh_file_splits(&self.spec.files, splits, self.index, self.parallelism)?;
-            self.splits = Some(fresh.into_iter().map(|s| (self.file_of(&s.file), s)).collect());
+            self.splits = Some(
+                fresh
+                    .into_iter()
+                    .map(|s| (self.file_of(&s.file), s))
+                    .collect(),
+            );
         }
         let mut emitted = 0;
         // Bound the work of one poll: records plus the lines that carry none.
@@ -605,7 +610,12 @@ impl Source for FileSource {
             // Not polled yet: the fresh splits, unread.
             let splits = self.spec.splits.map_or(self.default_splits, u64::from);
             let fresh = fresh_file_splits(&self.spec.files, splits, self.index, self.parallelism)?;
-            self.splits = Some(fresh.into_iter().map(|s| (self.file_of(&s.file), s)).collect());
+            self.splits = Some(
+                fresh
+                    .into_iter()
+                    .map(|s| (self.file_of(&s.file), s))
+                    .collect(),
+            );
         }
         let splits = self.splits.as_ref().expect("splits are known");
         let encoded = splits
@@ -1260,7 +1270,10 @@ mod tests {
         );
         let other = br#"{"file":"gone.txt","start":0,"end":6,"offset":0,"line":0}"#.to_vec();
         let e = s.restore_splits(vec![other]).unwrap_err().to_string();
-        assert!(e.contains("reads `gone.txt`, which this source does not list"), "{e}");
+        assert!(
+            e.contains("reads `gone.txt`, which this source does not list"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,8 +7,7 @@ use super::doc::{self, Kind, Reader, Val};
 use super::error::{Origin, Problem, TopologyError};
 use crate::builtins::{
     AggKind, DecodeSpec, FieldType, FileSourceSpec, FlatMapSpec, Format, GeneratorSpec, InputFile,
-    MapSpec,
-    OnError, SinkFormat, SplitMode, StdinSpec,
+    MapSpec, OnError, SinkFormat, SplitMode, StdinSpec,
 };
 use crate::expr::Expr;
 use std::collections::HashMap;
@@ -224,7 +223,7 @@ fn apply_overrides(document: &mut Val, sets: &[String]) -> Result<(), Problem> {
             );
         }
         let value = doc::parse_override_value(value.trim(), i);
-        if path[0] == "job" {
+        if path[0] == "job" || path[0] == "checkpoint" {
             doc::set_path(document, &path, value)
                 .map_err(|e| Problem::new(&at, format!("cannot set `{key}`: {e}")))?;
             continue;
@@ -238,7 +237,7 @@ fn apply_overrides(document: &mut Val, sets: &[String]) -> Result<(), Problem> {
                 let fix = match closest(path[0], &ids_ref) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!(
-                        "use `job` or a node id: {}",
+                        "use `job`, `checkpoint` or a node id: {}",
                         if ids.is_empty() {
                             "(none)".to_string()
                         } else {
@@ -702,9 +701,7 @@ fn parse_generator(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
     let seed = r
         .int("seed", 0, i64::MAX, "42")?
         .map_or(0, |(s, _)| s as u64);
-    let splits = r
-        .int("splits", 1, 1 << 20, "128")?
-        .map(|(n, _)| n as u32);
+    let splits = r.int("splits", 1, 1 << 20, "128")?.map(|(n, _)| n as u32);
     let fields = match r.string_table("fields", "{ key = \"i % 100\", value = \"1\" }")? {
         Some(entries) => {
             if entries.is_empty() {
@@ -744,24 +741,20 @@ fn parse_file_source(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
                 return Err(Problem::new(&at, format!("`{p}` is not a file"))
                     .fix("point `path` at a file, or at several with a glob such as `data/*.csv`"))
             }
-            Err(e) => {
-                return Err(Problem::new(
-                    &at,
-                    format!(
-                        "cannot read input file `{p}` (resolved to {}): {e}",
-                        path.display()
-                    ),
-                )
-                .fix(
-                    "check the path; relative paths are resolved against the topology file's directory",
-                ))
-            }
+            Err(e) => return Err(Problem::new(
+                &at,
+                format!(
+                    "cannot read input file `{p}` (resolved to {}): {e}",
+                    path.display()
+                ),
+            )
+            .fix(
+                "check the path; relative paths are resolved against the topology file's directory",
+            )),
         }
         vec![InputFile { path, display: p }]
     };
-    let splits = r
-        .int("splits", 1, 1 << 20, "128")?
-        .map(|(n, _)| n as u32);
+    let splits = r.int("splits", 1, 1 << 20, "128")?.map(|(n, _)| n as u32);
     let (decode, on_error) = parse_decode(r, ctx, Some(&files[0].path))?;
     Ok(NodeKind::File(Arc::new(FileSourceSpec {
         files,
