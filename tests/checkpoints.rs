@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use weir::state::checkpoints::{list_checkpoint_ids, load_checkpoint, Verify};
 use weir::state::LocalCheckpointStorage;
 use weir::{
-    CheckpointConfig, CheckpointMode, Context, JobConfig, JobError, Sink, Source, SourcePoll,
-    StreamJob,
+    CheckpointConfig, CheckpointMode, Context, JobConfig, JobError, JobReport, RestartStrategy,
+    Sink, Source, SourcePoll, StreamJob,
 };
 
 /// `count` numbers at about `per_ms` per millisecond (per subtask), so the job runs
@@ -269,7 +269,8 @@ impl Source for Failing {
 fn run_failing(
     dir: &std::path::Path,
     armed: Arc<std::sync::atomic::AtomicBool>,
-) -> (Result<(), JobError>, Vec<(u64, u64)>) {
+    restart: RestartStrategy,
+) -> (Result<JobReport, JobError>, Vec<(u64, u64)>) {
     let out = Arc::new(Mutex::new(Vec::new()));
     let checkpoint = Some(CheckpointConfig {
         interval: Duration::from_millis(20),
@@ -279,6 +280,7 @@ fn run_failing(
         parallelism: 2,
         workers: 2,
         checkpoint,
+        restart: Some(restart),
         ..JobConfig::default()
     });
     let sink = out.clone();
@@ -297,16 +299,34 @@ fn run_failing(
     .key_by(|(k, _)| *k)
     .reduce("count", |(k, a), (_, b)| (*k, a + b))
     .sink("collect", move |_| Collect(sink.clone()));
-    let result = job.run().map(|_| ());
+    let result = job.run();
     let output = out.lock().unwrap().clone();
     (result, output)
+}
+
+/// Every key's counts, over all runs, went 1, 2, … up to its exact total: state
+/// counted each record once (records after the restored checkpoint are replayed, so
+/// some counts repeat: this sink is not transactional).
+fn assert_counted_exactly_once(outputs: &[(u64, u64)]) {
+    let expected = |key: u64| (0..RECORDS).filter(|n| n % 97 == key).count() as u64;
+    let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (k, c) in outputs {
+        seen.entry(*k).or_default().push(*c);
+    }
+    assert_eq!(seen.len(), 97);
+    for (key, counts) in &seen {
+        let n = expected(*key);
+        assert_eq!(counts.iter().max(), Some(&n), "key {key}");
+        let distinct: std::collections::BTreeSet<u64> = counts.iter().copied().collect();
+        assert_eq!(distinct, (1..=n).collect(), "key {key}");
+    }
 }
 
 #[test]
 fn a_failed_job_resumes_from_its_latest_checkpoint_with_exact_state() {
     let dir = tempfile::tempdir().unwrap();
     let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let (first, before) = run_failing(dir.path(), armed.clone());
+    let (first, before) = run_failing(dir.path(), armed.clone(), RestartStrategy::None);
     assert!(first.unwrap_err().to_string().contains("injected failure"));
     let storage = LocalCheckpointStorage::new(dir.path()).unwrap();
     assert!(
@@ -314,28 +334,75 @@ fn a_failed_job_resumes_from_its_latest_checkpoint_with_exact_state() {
         "checkpoints completed before the failure"
     );
 
-    let (second, after) = run_failing(dir.path(), armed);
+    let (second, after) = run_failing(dir.path(), armed, RestartStrategy::None);
     second.expect("the resumed run completes");
-    let expected = |key: u64| (0..RECORDS).filter(|n| n % 97 == key).count() as u64;
-    let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for (k, c) in before.iter().chain(&after) {
-        seen.entry(*k).or_default().push(*c);
-    }
-    for (key, counts) in &seen {
-        let n = expected(*key);
-        // State counted every record exactly once: the final count is exact, none
-        // goes beyond it, and every intermediate count was emitted (at least once,
-        // since this sink is not transactional).
-        assert_eq!(counts.iter().max(), Some(&n), "key {key}");
-        let distinct: std::collections::BTreeSet<u64> = counts.iter().copied().collect();
-        assert_eq!(distinct, (1..=n).collect(), "key {key}");
-    }
+    assert_counted_exactly_once(&[before, after.clone()].concat());
     // The second run started from restored state, not from zero.
     let resumed_from = after.iter().map(|(_, c)| *c).min().unwrap();
     assert!(
         resumed_from > 1,
         "the resumed run continued the counts (lowest count {resumed_from})"
     );
+}
+
+#[test]
+fn a_failed_subtask_is_restarted_in_process_from_the_latest_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let restart = RestartStrategy::FixedDelay {
+        attempts: 2,
+        delay_ms: 10,
+    };
+    let (result, output) = run_failing(dir.path(), armed, restart);
+    let report = result.expect("the job recovers and completes");
+    assert_eq!(report.restarts, 1);
+    assert!(report.checkpoints >= 2, "periodic and final checkpoints");
+    assert_counted_exactly_once(&output);
+    // The restart resumed from a checkpoint: some count was emitted twice, not all.
+    let distinct: std::collections::BTreeSet<&(u64, u64)> = output.iter().collect();
+    assert!(
+        distinct.len() < output.len(),
+        "records after the checkpoint were replayed"
+    );
+    assert!(
+        output.len() < 2 * RECORDS as usize,
+        "not replayed from the start"
+    );
+}
+
+#[test]
+fn a_job_whose_restarts_run_out_fails_with_every_failure_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = StreamJob::new(JobConfig {
+        parallelism: 1,
+        checkpoint: Some(CheckpointConfig {
+            interval: Duration::from_millis(20),
+            ..CheckpointConfig::new(dir.path())
+        }),
+        restart: Some(RestartStrategy::FixedDelay {
+            attempts: 2,
+            delay_ms: 1,
+        }),
+        ..JobConfig::default()
+    });
+    job.source("numbers", |_| Paced {
+        next: 0,
+        end: 1_000,
+        step: 1,
+        per_ms: 100,
+        started: None,
+    })
+    .map("explode", |n: u64| {
+        assert!(n < 500, "always fails at {n}");
+        (n, 1)
+    })
+    .sink("collect", |_| Collect(Arc::new(Mutex::new(Vec::new()))));
+    let error = job.run().unwrap_err().to_string();
+    assert!(
+        error.contains("the job failed 3 times and the restart strategy gave up"),
+        "{error}"
+    );
+    assert_eq!(error.matches("always fails at 500").count(), 3, "{error}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod deploy;
 mod error;
 pub mod flow;
 pub mod gate;
@@ -21,7 +22,7 @@ mod stage;
 mod subtask;
 pub mod time;
 
-pub use config::{CheckpointConfig, CheckpointMode, JobConfig};
+pub use config::{CheckpointConfig, CheckpointMode, JobConfig, RestartStrategy};
 pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};

@@ -19,7 +19,7 @@ use weir_state::storage::{parse_checkpoint_dir, METADATA_FILE};
 use weir_state::{CheckpointStorage, LocalCheckpointStorage};
 
 /// A checkpoint a job starts from, with the storage its handles are relative to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Restore {
     pub metadata: CheckpointMetadata,
     pub storage: Arc<dyn CheckpointStorage>,

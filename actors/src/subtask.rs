@@ -14,7 +14,8 @@ use crate::error::StageError;
 use crate::flow::ChannelEvent;
 use crate::gate::InputGate;
 use crate::master::{
-    CheckpointAcked, CheckpointDeclined, JobMaster, SourceExhausted, SubtaskFailed, SubtaskFinished,
+    CheckpointAcked, CheckpointDeclined, JobMaster, SourceExhausted, SubtaskDone, SubtaskFailed,
+    SubtaskFinished, SubtaskGone, SubtaskOpened,
 };
 use crate::network::{AnyBatch, Credit, Deliver, InputSource, Network, OutputTarget};
 use crate::operator::SourcePoll;
@@ -47,7 +48,10 @@ enum Phase {
     Running,
     /// The chain has finished; waiting for the outputs to drain.
     Draining,
-    /// Reported to the master (finished, failed or cancelled).
+    /// Finished and drained in a checkpointed job: waiting for the final checkpoint
+    /// and its completion before stopping.
+    Finished,
+    /// Reported to the master (done, failed or cancelled).
     Over,
 }
 
@@ -70,6 +74,20 @@ pub(crate) struct SubtaskActor {
     batch_size: usize,
     channel_capacity: usize,
     linger: Duration,
+    /// A checkpointed job: stay for the final checkpoint after finishing.
+    checkpointing: bool,
+    /// Declared last, so it drops last: the master learns the subtask is gone only
+    /// after its chain (and the state it holds) has been dropped.
+    _gone: GoneGuard,
+}
+
+/// Tells the master when the subtask actor is dropped.
+struct GoneGuard(Addr<JobMaster>);
+
+impl Drop for GoneGuard {
+    fn drop(&mut self) {
+        self.0.do_send(SubtaskGone);
+    }
 }
 
 impl SubtaskActor {
@@ -77,6 +95,7 @@ impl SubtaskActor {
         name: String,
         index: u32,
         number: usize,
+        attempt: u32,
         head: Result<Head, StageError>,
         config: &JobConfig,
         master: Addr<JobMaster>,
@@ -89,6 +108,7 @@ impl SubtaskActor {
             master: master.clone(),
             subtask: number,
             index,
+            attempt,
             name,
         };
         SubtaskActor {
@@ -102,13 +122,15 @@ impl SubtaskActor {
             gate: InputGate::new(0),
             watermarks: WatermarkTracker::new(0),
             ended_inputs: 0,
-            master,
+            master: master.clone(),
             phase: Phase::Created,
             pump_scheduled: false,
             linger_armed: false,
             batch_size: config.batch_size,
             channel_capacity: config.channel_capacity,
             linger: config.linger,
+            checkpointing: config.checkpoint.is_some(),
+            _gone: GoneGuard(master.clone()),
         }
     }
 
@@ -219,7 +241,9 @@ impl SubtaskActor {
     fn finish_chain(&mut self, ctx: &mut Context<Self>) -> Result<(), StageError> {
         let head = self.head.as_mut().expect("running subtasks have a chain");
         if matches!(head, Head::Source(_)) {
-            self.master.do_send(SourceExhausted);
+            self.master.do_send(SourceExhausted {
+                attempt: self.ack_to.attempt,
+            });
         }
         head.control().finish(&mut self.net)?;
         self.phase = Phase::Draining;
@@ -229,10 +253,16 @@ impl SubtaskActor {
 
     fn finish_if_drained(&mut self, ctx: &mut Context<Self>) {
         if self.phase == Phase::Draining && !self.net.is_blocked() {
-            self.phase = Phase::Over;
             tracing::debug!(subtask = %self.ack_to.name, index = self.ack_to.index, "finished");
-            self.master.do_send(SubtaskFinished);
-            ctx.stop();
+            self.master.do_send(SubtaskFinished {
+                attempt: self.ack_to.attempt,
+            });
+            if self.checkpointing {
+                self.phase = Phase::Finished;
+            } else {
+                self.phase = Phase::Over;
+                ctx.stop();
+            }
         }
     }
 
@@ -241,7 +271,10 @@ impl SubtaskActor {
             return;
         }
         self.phase = Phase::Over;
-        self.master.do_send(SubtaskFailed(error));
+        self.master.do_send(SubtaskFailed {
+            attempt: self.ack_to.attempt,
+            error,
+        });
         ctx.stop();
     }
 
@@ -280,6 +313,7 @@ struct AckTo {
     master: Addr<JobMaster>,
     subtask: usize,
     index: u32,
+    attempt: u32,
     name: String,
 }
 
@@ -288,6 +322,7 @@ impl AckTo {
         let reason = format!("{} ({}) {why}", self.name, self.index);
         self.master.do_send(CheckpointDeclined {
             id,
+            attempt: self.attempt,
             subtask: self.subtask,
             reason,
             finished: false,
@@ -298,6 +333,7 @@ impl AckTo {
         let reason = format!("{} ({}) has finished", self.name, self.index);
         self.master.do_send(CheckpointDeclined {
             id,
+            attempt: self.attempt,
             subtask: self.subtask,
             reason,
             finished: true,
@@ -379,11 +415,14 @@ impl Drop for SubtaskActor {
         // An actor that vanishes without a report (its thread died) fails the job
         // instead of hanging it.
         if self.phase != Phase::Over {
-            self.master.do_send(SubtaskFailed(StageError {
-                operator: self.ack_to.name.clone(),
-                subtask: self.ack_to.index,
-                cause: "the subtask was lost (its worker thread stopped)".into(),
-            }));
+            self.master.do_send(SubtaskFailed {
+                attempt: self.ack_to.attempt,
+                error: StageError {
+                    operator: self.ack_to.name.clone(),
+                    subtask: self.ack_to.index,
+                    cause: "the subtask was lost (its worker thread stopped)".into(),
+                },
+            });
         }
     }
 }
@@ -432,6 +471,9 @@ impl Handler<Start> for SubtaskActor {
             return;
         }
         self.phase = Phase::Running;
+        self.master.do_send(SubtaskOpened {
+            attempt: self.ack_to.attempt,
+        });
         // Upstream subtasks may have started first: input can already be queued.
         self.schedule_pump(ctx);
     }
@@ -532,6 +574,56 @@ impl Handler<Cancel> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, _: Cancel, ctx: &mut Context<Self>) {
         self.phase = Phase::Over;
+        ctx.stop();
+    }
+}
+
+/// The final checkpoint of a bounded job: every subtask has finished, so each takes
+/// its snapshot directly (no barrier has anything to align).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct FinalCheckpoint {
+    pub id: CheckpointId,
+}
+
+/// The final checkpoint completed: act on it (sinks commit), report, stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CompleteFinal {
+    pub id: CheckpointId,
+}
+
+impl Handler<FinalCheckpoint> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, final_checkpoint: FinalCheckpoint, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Finished {
+            return;
+        }
+        let id = final_checkpoint.id;
+        let mut pending = Vec::new();
+        let head = self.head.as_mut().expect("finished subtasks have a chain");
+        match head.control().checkpoint(id, &mut self.net, &mut pending) {
+            Ok(()) => self.ack_to.acknowledge(id, pending),
+            Err(error) => self.fail(error, ctx),
+        }
+    }
+}
+
+impl Handler<CompleteFinal> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, complete: CompleteFinal, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Finished {
+            return;
+        }
+        let head = self.head.as_mut().expect("finished subtasks have a chain");
+        if let Err(error) = head.control().notify_checkpoint(complete.id, true) {
+            self.fail(error, ctx);
+            return;
+        }
+        self.phase = Phase::Over;
+        self.master.do_send(SubtaskDone {
+            attempt: self.ack_to.attempt,
+        });
         ctx.stop();
     }
 }

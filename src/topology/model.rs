@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use weir_actors::config::{CheckpointConfig, CheckpointMode, StateBackendChoice};
+use weir_actors::config::{CheckpointConfig, CheckpointMode, RestartStrategy, StateBackendChoice};
 use weir_actors::JobConfig;
 use weir_state::key_group::MAX_MAX_PARALLELISM;
 
@@ -285,7 +285,7 @@ fn find_node_mut<'a>(document: &'a mut Val, id: &str) -> (Option<&'a mut Val>, V
 // ---------------------------------------------------------------------------------
 // Parsing
 
-const TOP_KEYS: &[&str] = &["job", "checkpoint", "source", "operator", "sink"];
+const TOP_KEYS: &[&str] = &["job", "checkpoint", "restart", "source", "operator", "sink"];
 const CHECKPOINT_KEYS: &[&str] = &[
     "dir",
     "interval_ms",
@@ -323,6 +323,9 @@ fn parse_document(
     };
     if let Some(v) = top.get("checkpoint") {
         job.checkpoint = Some(parse_checkpoint(v, ctx)?);
+    }
+    if let Some(v) = top.get("restart") {
+        job.restart = Some(parse_restart(v)?);
     }
     let mut nodes = Vec::new();
     for role in [Role::Source, Role::Operator, Role::Sink] {
@@ -450,6 +453,97 @@ fn parse_checkpoint(v: &Val, ctx: &Ctx) -> Result<CheckpointConfig, Problem> {
     }
     r.finish(CHECKPOINT_KEYS)?;
     Ok(config)
+}
+
+/// `[restart]`: what the supervisor does when the job fails.
+fn parse_restart(v: &Val) -> Result<RestartStrategy, Problem> {
+    const STRATEGIES: &[&str] = &["none", "fixed_delay", "exponential_backoff", "failure_rate"];
+    let mut r = Reader::new("[restart]", v)?;
+    let (name, at) = r.required_string("strategy", "\"fixed_delay\"")?;
+    let millis = |r: &mut Reader, key: &str, default: u64| -> Result<u64, Problem> {
+        Ok(r.int(key, 0, 86_400_000, "1000")?
+            .map_or(default, |(ms, _)| ms as u64))
+    };
+    let (strategy, keys): (RestartStrategy, &[&str]) = match name.as_str() {
+        "none" => (RestartStrategy::None, &["strategy"]),
+        "fixed_delay" => (
+            RestartStrategy::FixedDelay {
+                attempts: r.u32("attempts", 0, u32::MAX, "3")?.map_or(3, |(n, _)| n),
+                delay_ms: millis(&mut r, "delay_ms", 1_000)?,
+            },
+            &["strategy", "attempts", "delay_ms"],
+        ),
+        "exponential_backoff" => {
+            let RestartStrategy::ExponentialBackoff {
+                initial_ms,
+                max_ms,
+                multiplier,
+                jitter,
+                reset_after_ms,
+            } = RestartStrategy::default()
+            else {
+                unreachable!("the default strategy is exponential backoff")
+            };
+            let multiplier = match r.float("multiplier", "2.0")? {
+                Some((m, at)) if m < 1.0 => {
+                    return Err(Problem::new(
+                        &at,
+                        format!("`multiplier` in [restart] must be at least 1, found {m}"),
+                    )
+                    .fix("write it like `multiplier = 2.0`"))
+                }
+                Some((m, _)) => m,
+                None => multiplier,
+            };
+            let jitter = match r.float("jitter", "0.1")? {
+                Some((j, at)) if !(0.0..=1.0).contains(&j) => {
+                    return Err(Problem::new(
+                        &at,
+                        format!("`jitter` in [restart] must be between 0 and 1, found {j}"),
+                    )
+                    .fix("write it like `jitter = 0.1` (± 10% of each delay)"))
+                }
+                Some((j, _)) => j,
+                None => jitter,
+            };
+            (
+                RestartStrategy::ExponentialBackoff {
+                    initial_ms: millis(&mut r, "initial_ms", initial_ms)?,
+                    max_ms: millis(&mut r, "max_ms", max_ms)?,
+                    multiplier,
+                    jitter,
+                    reset_after_ms: millis(&mut r, "reset_after_ms", reset_after_ms)?,
+                },
+                &[
+                    "strategy",
+                    "initial_ms",
+                    "max_ms",
+                    "multiplier",
+                    "jitter",
+                    "reset_after_ms",
+                ],
+            )
+        }
+        "failure_rate" => (
+            RestartStrategy::FailureRate {
+                max_failures: r
+                    .u32("max_failures", 0, u32::MAX, "3")?
+                    .map_or(3, |(n, _)| n),
+                interval_ms: millis(&mut r, "interval_ms", 60_000)?,
+                delay_ms: millis(&mut r, "delay_ms", 1_000)?,
+            },
+            &["strategy", "max_failures", "interval_ms", "delay_ms"],
+        ),
+        _ => {
+            let fix = match closest(&name, STRATEGIES) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("use one of: {}", STRATEGIES.join(", ")),
+            };
+            return Err(Problem::new(&at, format!("unknown restart strategy `{name}`")).fix(fix));
+        }
+    };
+    r.finish(keys)?;
+    Ok(strategy)
 }
 
 fn too_parallel(what: &str, p: u32, at: &Origin, max: u32) -> Problem {
@@ -1496,6 +1590,51 @@ input = "count"
         let e = err(&OK.replace("key = \"word\"", ""));
         assert!(
             e.to_string().contains("operator `by_word` needs `key`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_restart_table_chooses_the_strategy_with_defaults_for_what_it_omits() {
+        let with = |table: &str| OK.replace("[[source]]", &format!("{table}\n\n[[source]]"));
+        assert_eq!(parse(OK).unwrap().job.restart, None);
+        let t = parse(&with("[restart]\nstrategy = \"fixed_delay\"\nattempts = 5")).unwrap();
+        assert_eq!(
+            t.job.restart,
+            Some(RestartStrategy::FixedDelay {
+                attempts: 5,
+                delay_ms: 1_000
+            })
+        );
+        let t = parse(&with("[restart]\nstrategy = \"none\"")).unwrap();
+        assert_eq!(t.job.restart, Some(RestartStrategy::None));
+        let t = parse(&with(
+            "[restart]\nstrategy = \"exponential_backoff\"\ninitial_ms = 10\njitter = 0",
+        ))
+        .unwrap();
+        assert!(matches!(
+            t.job.restart,
+            Some(RestartStrategy::ExponentialBackoff { initial_ms: 10, max_ms: 10_000, jitter, .. }) if jitter == 0.0
+        ));
+        let e = err(&with("[restart]\nstrategy = \"fixed_dely\""));
+        assert!(
+            e.to_string()
+                .contains("unknown restart strategy `fixed_dely`"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("did you mean `fixed_delay`?"), "{e}");
+        let e = err(&with("[restart]\nstrategy = \"none\"\nattempts = 2"));
+        assert!(
+            e.to_string()
+                .contains("unknown key `attempts` in [restart]"),
+            "{e}"
+        );
+        let e = err(&with(
+            "[restart]\nstrategy = \"exponential_backoff\"\njitter = 2.5",
+        ));
+        assert!(
+            e.to_string()
+                .contains("`jitter` in [restart] must be between 0 and 1"),
             "{e}"
         );
     }

@@ -277,7 +277,19 @@ impl<A> Coordinator<A> {
         commands
     }
 
-    /// The job restarts: every pending checkpoint is aborted (not counted as failed).
+    /// The job restarts from its latest checkpoint: every pending checkpoint is
+    /// aborted (not counted as failed), and triggering starts over as in a new job
+    /// (ids keep growing).
+    pub fn restart(&mut self) -> Vec<Command<A>> {
+        let commands = self.abort_all();
+        self.failed = false;
+        self.triggering = true;
+        self.final_requested = false;
+        self.consecutive_failures = 0;
+        commands
+    }
+
+    /// Every pending checkpoint is aborted (not counted as failed).
     pub fn abort_all(&mut self) -> Vec<Command<A>> {
         let mut commands = Vec::new();
         let ids: Vec<CheckpointId> = self.pending.keys().copied().collect();
@@ -365,6 +377,32 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn a_restart_aborts_pending_checkpoints_and_triggers_again_with_growing_ids() {
+        let mut c = Coordinator::new(config(1, 0), 1, 1);
+        assert_eq!(triggered(&c.tick(0)), vec![1]);
+        assert_eq!(c.decline(1, 0, "boom".into()).last(), Some(&Command::FailJob {
+            reason: "1 consecutive checkpoint failures (tolerable: 0); the last, checkpoint 1: declined by subtask 0: boom".into()
+        }));
+        assert!(
+            c.tick(1_000).is_empty(),
+            "a failed coordinator triggers nothing"
+        );
+        c.stop_triggering();
+        assert_eq!(triggered(&c.tick(2_000)), Vec::<CheckpointId>::new());
+        c.restart();
+        assert_eq!(triggered(&c.tick(3_000)), vec![2]);
+        let aborted = c.restart();
+        assert_eq!(
+            aborted,
+            vec![Command::NotifyAborted {
+                id: 2,
+                reason: AbortReason::JobRestart
+            }]
+        );
+        assert_eq!(triggered(&c.tick(4_000)), vec![3]);
     }
 
     #[test]
