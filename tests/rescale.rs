@@ -16,7 +16,7 @@ use weir::expr::Expr;
 use weir::record::{Record, Value};
 use weir::state::checkpoints::{latest_valid, Verify};
 use weir::state::LocalCheckpointStorage;
-use weir::{CheckpointConfig, JobConfig, JobError, Sink, StreamJob};
+use weir::{CheckpointConfig, JobConfig, JobError, RestartStrategy, Sink, StreamJob};
 
 const RECORDS: u64 = 100_000;
 const KEYS: i64 = 100;
@@ -57,6 +57,9 @@ fn run(
             ..CheckpointConfig::new(checkpoints)
         }),
         restore_from,
+        // The injected failure fails the job (no in-process restart): the next run
+        // restores it, at another parallelism.
+        restart: Some(RestartStrategy::None),
         ..JobConfig::default()
     });
     let seen = Arc::new(AtomicU64::new(0));
@@ -225,6 +228,10 @@ parallelism = 2
 [checkpoint]
 dir = "{checkpoints}"
 interval_ms = 20
+
+# A bad record fails the run; the next run restores it.
+[restart]
+strategy = "none"
 
 [[source]]
 id = "rows"
