@@ -377,7 +377,11 @@ fn run(file: &std::path::Path, set: &[String], progress: bool, start: Start) -> 
         let metrics = metrics.clone();
         std::thread::spawn(move || progress_loop(&metrics, &stop_rx))
     });
-    let result = graph.run();
+    let control = weir_actors::JobControl::new();
+    if t.job.checkpoint.is_some() {
+        stop_with_savepoint_on_signal(control.clone());
+    }
+    let result = graph.run_with(control);
     drop(stop_tx);
     if let Some(h) = progress_thread {
         let _ = h.join();
@@ -385,9 +389,32 @@ fn run(file: &std::path::Path, set: &[String], progress: bool, start: Start) -> 
     match result {
         Ok(report) => {
             eprint!("{}", summary(&t, &report, &bad_records));
+            if let Some(savepoint) = &report.savepoint {
+                eprintln!(
+                    "stopped with savepoint {} (run the job again to resume from it)",
+                    savepoint.display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => job_error(&t, &e),
+    }
+}
+
+/// The first SIGINT or SIGTERM stops the job with a savepoint; a second one exits at
+/// once (the job then resumes from its latest checkpoint).
+fn stop_with_savepoint_on_signal(control: weir_actors::JobControl) {
+    let signals = std::sync::atomic::AtomicU32::new(0);
+    let installed = ctrlc::set_handler(move || {
+        if signals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            eprintln!("stopping with a savepoint (signal again to exit at once)");
+            control.stop_with_savepoint();
+        } else {
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = installed {
+        tracing::warn!(error = %e, "cannot handle SIGINT/SIGTERM: a signal kills the job without a savepoint");
     }
 }
 

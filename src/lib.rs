@@ -9,10 +9,10 @@ pub use api::{DataStream, KeyedStream, StreamJob, UnionStream};
 /// Job settings (`JobConfig`, the state backend choice).
 pub use weir_actors::config;
 pub use weir_actors::{
-    CheckpointConfig, CheckpointMode, Context, Data, EventTime, JobConfig, JobError, JobMetrics,
-    JobReport, Key, KeyedContext, KeyedOperator, NodeDescription, Operator, OperatorReport,
-    RestartStrategy, Sink, Source, SourcePoll, SubtaskInfo, WatermarkStrategy, MAX_WATERMARK,
-    MIN_WATERMARK,
+    CheckpointConfig, CheckpointMode, Context, Data, EventTime, JobConfig, JobControl, JobError,
+    JobMetrics, JobReport, Key, KeyedContext, KeyedOperator, NodeDescription, Operator,
+    OperatorReport, RestartStrategy, Sink, Source, SourcePoll, SubtaskInfo, WatermarkStrategy,
+    MAX_WATERMARK, MIN_WATERMARK,
 };
 /// Keyed and operator state: descriptors, handles, backends (re-exported `weir-state`).
 pub use weir_state as state;

@@ -22,7 +22,7 @@ pub enum ChannelEvent<B> {
     /// watermark.
     Idle(bool),
     /// Checkpoint barrier: everything before it belongs to checkpoint `id`.
-    Barrier(crate::checkpoint::coordinator::CheckpointId),
+    Barrier(crate::checkpoint::coordinator::Barrier),
     EndOfInput,
 }
 

@@ -4,6 +4,7 @@
 
 use crate::config::JobConfig;
 use crate::config::StateBackendChoice;
+use crate::control::JobControl;
 use crate::error::{JobError, StageError};
 use crate::metrics::{JobMetrics, JobReport, OperatorCounters};
 use crate::operator::{
@@ -637,6 +638,11 @@ impl JobGraph {
 
     /// Runs the job to completion on its own actor system; blocks until then.
     pub fn run(self) -> Result<JobReport, JobError> {
-        crate::job::execute(self)
+        crate::job::execute(self, JobControl::new())
+    }
+
+    /// Runs the job like [`JobGraph::run`]; `control` can stop it with a savepoint.
+    pub fn run_with(self, control: JobControl) -> Result<JobReport, JobError> {
+        crate::job::execute(self, control)
     }
 }

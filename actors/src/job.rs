@@ -4,6 +4,7 @@
 
 use crate::checkpoint::barrier::CheckpointMode;
 use crate::config::JobConfig;
+use crate::control::JobControl;
 use crate::deploy::Deployment;
 use crate::error::JobError;
 use crate::graph::JobGraph;
@@ -18,7 +19,7 @@ use weir_state::{CheckpointStorage, LocalCheckpointStorage};
 
 /// Runs a job graph to completion. Blocks; safe to call from any thread, including
 /// one that already runs an async runtime (the job gets a thread of its own).
-pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
+pub(crate) fn execute(graph: JobGraph, control: JobControl) -> Result<JobReport, JobError> {
     let plan = graph.plan()?;
     let counters: Vec<Arc<OperatorCounters>> = graph.nodes.iter().map(|_| Arc::default()).collect();
     graph.metrics.install(
@@ -103,7 +104,7 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
     let started = Instant::now();
     let summary = std::thread::Builder::new()
         .name("weir-job".into())
-        .spawn(move || run_on_system(deployment, workers, supervision, checkpoints))
+        .spawn(move || run_on_system(deployment, workers, supervision, checkpoints, control))
         .map_err(|e| JobError::Runtime(format!("cannot start the job thread: {e}")))?
         .join()
         .map_err(|_| JobError::Runtime("the job thread panicked".into()))??;
@@ -113,6 +114,7 @@ pub(crate) fn execute(graph: JobGraph) -> Result<JobReport, JobError> {
         restarts: summary.restarts,
         checkpoints: summary.checkpoints,
         recoveries: summary.recoveries,
+        savepoint: summary.savepoint,
     })
 }
 
@@ -167,13 +169,15 @@ fn run_on_system(
     workers: usize,
     supervision: Supervision,
     checkpoints: Option<CheckpointDriver>,
+    control: JobControl,
 ) -> Result<RunSummary, JobError> {
     let system = actix::System::new();
     let (result, arbiters) = system.block_on(async move {
         let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
         let handles = arbiters.iter().map(|a| a.handle()).collect();
         let (outcome, finished) = oneshot::channel();
-        JobMaster::new(deployment, handles, supervision, outcome, checkpoints).start();
+        let master = JobMaster::new(deployment, handles, supervision, outcome, checkpoints).start();
+        control.attach(master);
         let result = finished
             .await
             .unwrap_or_else(|_| Err(JobError::Runtime("the job master stopped".into())));

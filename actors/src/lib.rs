@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod control;
 mod deploy;
 mod error;
 pub mod flow;
@@ -23,6 +24,7 @@ mod subtask;
 pub mod time;
 
 pub use config::{CheckpointConfig, CheckpointMode, JobConfig, RestartStrategy};
+pub use control::JobControl;
 pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};

@@ -298,6 +298,13 @@ pub trait Sink: Send + 'static {
 
     fn write(&mut self, record: Self::In) -> anyhow::Result<()>;
 
+    /// A checkpoint barrier reached the sink: make everything written so far durable
+    /// before the checkpoint can complete. Without it, records buffered before a
+    /// completed checkpoint would be lost by a crash: they are never replayed.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Called once when every input has ended: flush everything.
     fn finish(&mut self) -> anyhow::Result<()> {
         Ok(())

@@ -8,7 +8,7 @@
 //! operator and subtask it happened in. Watermarks and idleness pass down the chain
 //! after the records that precede them.
 
-use crate::checkpoint::coordinator::CheckpointId;
+use crate::checkpoint::coordinator::{Barrier, CheckpointId};
 use crate::error::{panic_message, StageError};
 use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
@@ -24,7 +24,6 @@ use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
 use weir_state::{
     AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, OperatorStateStore,
-    SnapshotKind,
 };
 
 /// What every piece of a chain does besides taking records: its lifecycle and its
@@ -40,7 +39,7 @@ pub trait ChainControl {
     /// outputs send it on every channel, behind the records before it.
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError>;
@@ -85,11 +84,11 @@ macro_rules! forward_checkpoints {
     ($($next:tt)+) => {
         fn checkpoint(
             &mut self,
-            id: CheckpointId,
+            barrier: Barrier,
             net: &mut Network,
             snapshots: &mut Vec<PendingSnapshot>,
         ) -> Result<(), StageError> {
-            self.$($next)+.checkpoint(id, net, snapshots)
+            self.$($next)+.checkpoint(barrier, net, snapshots)
         }
 
         fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -320,13 +319,14 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
+        let id = barrier.id;
         let keyed = self
             .backend
-            .snapshot(id, SnapshotKind::Checkpoint, self.storage.clone())
+            .snapshot(id, barrier.kind, self.storage.clone())
             .map_err(|e| StageError {
                 operator: self.core.info.operator.to_string(),
                 subtask: self.core.info.index,
@@ -342,7 +342,7 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
                 })
             }),
         });
-        self.core.next.checkpoint(id, net, snapshots)
+        self.core.next.checkpoint(barrier, net, snapshots)
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -400,11 +400,12 @@ impl<S: Sink> ChainControl for SinkStage<S> {
 
     fn checkpoint(
         &mut self,
-        _: CheckpointId,
+        _: Barrier,
         _: &mut Network,
         _: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        Ok(())
+        let sink = &mut self.sink;
+        guarded(&self.info, || sink.flush())
     }
 
     fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) -> Result<(), StageError> {
@@ -512,11 +513,11 @@ impl<T: Data> ChainControl for NetworkOutput<T> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         _: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        self.send_to_all(net, || ChannelEvent::Barrier(id));
+        self.send_to_all(net, || ChannelEvent::Barrier(barrier));
         Ok(())
     }
 
@@ -576,13 +577,13 @@ impl<T: Data> ChainControl for Tee<T> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
         self.outputs
             .iter_mut()
-            .try_for_each(|o| o.checkpoint(id, net, snapshots))
+            .try_for_each(|o| o.checkpoint(barrier, net, snapshots))
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -715,7 +716,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
@@ -731,7 +732,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
                 Ok(store)
             })?;
             let prefix = format!("{}-{}", file_safe(&info.operator), info.index);
-            let state = store.snapshot(id, &prefix, self.storage.clone());
+            let state = store.snapshot(barrier.id, &prefix, self.storage.clone());
             snapshots.push(PendingSnapshot {
                 operator: info.operator.to_string(),
                 snapshot: AsyncSnapshot::new(move || {
@@ -743,7 +744,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
                 }),
             });
         }
-        self.core.next.checkpoint(id, net, snapshots)
+        self.core.next.checkpoint(barrier, net, snapshots)
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {

@@ -8,7 +8,7 @@
 //! finishes the chain, drains its outputs, reports to the job master and stops.
 
 use crate::checkpoint::barrier::{Action, BarrierHandler, CheckpointMode};
-use crate::checkpoint::coordinator::CheckpointId;
+use crate::checkpoint::coordinator::{Barrier, CheckpointId};
 use crate::config::JobConfig;
 use crate::error::StageError;
 use crate::flow::ChannelEvent;
@@ -76,6 +76,10 @@ pub(crate) struct SubtaskActor {
     linger: Duration,
     /// A checkpointed job: stay for the final checkpoint after finishing.
     checkpointing: bool,
+    /// The newest barrier received: its kind applies to the snapshot it triggers.
+    latest_barrier: Barrier,
+    /// A source that took a stop-savepoint: it polls no more.
+    suspended: bool,
     /// Declared last, so it drops last: the master learns the subtask is gone only
     /// after its chain (and the state it holds) has been dropped.
     _gone: GoneGuard,
@@ -130,6 +134,8 @@ impl SubtaskActor {
             channel_capacity: config.channel_capacity,
             linger: config.linger,
             checkpointing: config.checkpoint.is_some(),
+            latest_barrier: Barrier::checkpoint(0),
+            suspended: false,
             _gone: GoneGuard(master.clone()),
         }
     }
@@ -172,6 +178,7 @@ impl SubtaskActor {
             &mut self.net,
         );
         match head {
+            Head::Source(_) if self.suspended => Ok(false),
             Head::Source(source) => match source.poll(batch_size, net)? {
                 SourcePoll::Ready => Ok(true),
                 SourcePoll::Pending(delay) => {
@@ -206,15 +213,19 @@ impl SubtaskActor {
                     forward_watermarks(input, self.watermarks.on_idle(channel, idle), net)?;
                     Ok(true)
                 }
-                Some((channel, ChannelEvent::Barrier(id))) => {
+                Some((channel, ChannelEvent::Barrier(barrier))) => {
                     let now_ms = self.started.elapsed().as_millis() as u64;
-                    let actions = self.barriers.on_barrier(channel, id, now_ms);
+                    if barrier.id >= self.latest_barrier.id {
+                        self.latest_barrier = barrier;
+                    }
+                    let actions = self.barriers.on_barrier(channel, barrier.id, now_ms);
                     apply_barrier_actions(
                         actions,
+                        self.latest_barrier,
                         &mut self.gate,
                         net,
                         &self.ack_to,
-                        |id, net, pending| input.checkpoint(id, net, pending),
+                        |barrier, net, pending| input.checkpoint(barrier, net, pending),
                     )?;
                     Ok(true)
                 }
@@ -223,10 +234,11 @@ impl SubtaskActor {
                     let actions = self.barriers.on_end_of_input(channel);
                     apply_barrier_actions(
                         actions,
+                        self.latest_barrier,
                         &mut self.gate,
                         net,
                         &self.ack_to,
-                        |id, net, pending| input.checkpoint(id, net, pending),
+                        |barrier, net, pending| input.checkpoint(barrier, net, pending),
                     )?;
                     self.ended_inputs += 1;
                     if self.ended_inputs == self.inputs.len() {
@@ -374,14 +386,16 @@ impl AckTo {
 }
 
 /// Carries out what the barrier handler decided; `checkpoint` runs the chain's
-/// snapshot and forwards the barrier.
+/// snapshot and forwards the barrier. `latest` is the newest barrier received: a
+/// snapshot is always of its checkpoint (older ones were subsumed).
 fn apply_barrier_actions(
     actions: Vec<Action>,
+    latest: Barrier,
     gate: &mut InputGate<ChannelEvent<AnyBatch>>,
     net: &mut Network,
     ack: &AckTo,
     mut checkpoint: impl FnMut(
-        CheckpointId,
+        Barrier,
         &mut Network,
         &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError>,
@@ -391,8 +405,9 @@ fn apply_barrier_actions(
             Action::Block(channel) => gate.block(channel),
             Action::UnblockAll => gate.unblock_all(),
             Action::Snapshot { id, .. } => {
+                debug_assert_eq!(id, latest.id);
                 let mut pending = Vec::new();
-                checkpoint(id, net, &mut pending)?;
+                checkpoint(latest, net, &mut pending)?;
                 ack.acknowledge(id, pending);
             }
             // A newer barrier subsumes the older checkpoint: the coordinator aborts it
@@ -509,11 +524,13 @@ impl Handler<Credit> for SubtaskActor {
     }
 }
 
-/// Sources: inject barrier `id` (after snapshotting the chain).
+/// Sources: inject `barrier` (after snapshotting the chain). With `then_suspend`
+/// (stop with a savepoint) the source emits nothing after it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct TriggerCheckpoint {
-    pub id: CheckpointId,
+    pub barrier: Barrier,
+    pub then_suspend: bool,
 }
 
 /// Checkpoint `id` completed or was aborted.
@@ -527,18 +544,21 @@ pub(crate) struct NotifyCheckpoint {
 impl Handler<TriggerCheckpoint> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, trigger: TriggerCheckpoint, ctx: &mut Context<Self>) {
-        let id = trigger.id;
+        let id = trigger.barrier.id;
         if self.phase != Phase::Running {
             self.ack_to.decline_finished(id);
             return;
         }
         let mut pending = Vec::new();
         let taken = match self.head.as_mut().expect("running subtasks have a chain") {
-            Head::Source(source) => source.checkpoint(id, &mut self.net, &mut pending),
+            Head::Source(source) => source.checkpoint(trigger.barrier, &mut self.net, &mut pending),
             Head::Input(_) => unreachable!("only sources are triggered"),
         };
         match taken {
-            Ok(()) => self.ack_to.acknowledge(id, pending),
+            Ok(()) => {
+                self.ack_to.acknowledge(id, pending);
+                self.suspended |= trigger.then_suspend;
+            }
             Err(error) => self.fail(error, ctx),
         }
     }
@@ -586,10 +606,11 @@ pub(crate) struct FinalCheckpoint {
     pub id: CheckpointId,
 }
 
-/// The final checkpoint completed: act on it (sinks commit), report, stop.
+/// The last checkpoint of the job (the final one of a bounded job, or the savepoint
+/// of a stop) completed: act on it (sinks commit), report done, stop.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct CompleteFinal {
+pub(crate) struct CompleteAndStop {
     pub id: CheckpointId,
 }
 
@@ -602,17 +623,37 @@ impl Handler<FinalCheckpoint> for SubtaskActor {
         let id = final_checkpoint.id;
         let mut pending = Vec::new();
         let head = self.head.as_mut().expect("finished subtasks have a chain");
-        match head.control().checkpoint(id, &mut self.net, &mut pending) {
+        match head
+            .control()
+            .checkpoint(Barrier::checkpoint(id), &mut self.net, &mut pending)
+        {
             Ok(()) => self.ack_to.acknowledge(id, pending),
             Err(error) => self.fail(error, ctx),
         }
     }
 }
 
-impl Handler<CompleteFinal> for SubtaskActor {
+/// A stop-savepoint failed: the source emits again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ResumeSource;
+
+impl Handler<ResumeSource> for SubtaskActor {
     type Result = ();
-    fn handle(&mut self, complete: CompleteFinal, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Finished {
+    fn handle(&mut self, _: ResumeSource, ctx: &mut Context<Self>) {
+        if self.suspended {
+            self.suspended = false;
+            if self.phase == Phase::Running && !self.pump_scheduled {
+                self.pump(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<CompleteAndStop> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, complete: CompleteAndStop, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Over {
             return;
         }
         let head = self.head.as_mut().expect("finished subtasks have a chain");

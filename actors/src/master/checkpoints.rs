@@ -9,11 +9,14 @@
 
 use super::{JobMaster, Lifecycle};
 use crate::checkpoint::coordinator::{
-    AbortReason, CheckpointId, Command, Coordinator, CoordinatorConfig,
+    AbortReason, Barrier, CheckpointId, CheckpointType, Command, Coordinator, CoordinatorConfig,
+    SnapshotKind,
 };
 use crate::config::CheckpointConfig;
 use crate::error::JobError;
-use crate::subtask::{CompleteFinal, FinalCheckpoint, NotifyCheckpoint, TriggerCheckpoint};
+use crate::subtask::{
+    CompleteAndStop, FinalCheckpoint, NotifyCheckpoint, ResumeSource, TriggerCheckpoint,
+};
 use actix::{Context, Handler, Message};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -142,8 +145,14 @@ impl CheckpointDriver {
         )))
     }
 
-    fn write_metadata(&mut self, id: CheckpointId, acks: Vec<Ack>) -> Result<u64, String> {
+    fn write_metadata(
+        &mut self,
+        id: CheckpointId,
+        acks: Vec<Ack>,
+        is_savepoint: bool,
+    ) -> Result<u64, String> {
         let mut metadata = CheckpointMetadata::new(id);
+        metadata.is_savepoint = is_savepoint;
         for (operator, index, snapshot) in acks.into_iter().flat_map(|a| a.snapshots) {
             let (parallelism, max_parallelism) = self.operators[&operator];
             let entry = metadata
@@ -157,7 +166,9 @@ impl CheckpointDriver {
         }
         let bytes: u64 = metadata.files().iter().map(|f| f.size).sum();
         self.store.add(&metadata).map_err(|e| e.to_string())?;
-        self.restorable.push(id);
+        if !is_savepoint {
+            self.restorable.push(id);
+        }
         self.completed += 1;
         Ok(bytes)
     }
@@ -172,12 +183,13 @@ impl CheckpointDriver {
 impl JobMaster {
     /// Time passes for the coordinator.
     pub(super) fn tick_checkpoints(&mut self, ctx: &mut Context<Self>) {
-        if !matches!(
+        if matches!(
             self.lifecycle,
-            Lifecycle::Running | Lifecycle::Finishing { .. }
+            Lifecycle::Restarting { .. } | Lifecycle::Over
         ) {
             return;
         }
+        self.try_stop(ctx);
         let now = self.now_ms();
         if let Some(driver) = self.checkpoints.as_mut() {
             let commands = driver.coordinator.tick(now);
@@ -194,22 +206,43 @@ impl JobMaster {
                 return;
             };
             match command {
-                Command::Trigger { id, is_final } => {
+                Command::Trigger { id, kind } => {
                     driver.triggered_at.insert(id, Instant::now());
-                    if is_final {
-                        tracing::info!(checkpoint = id, "final checkpoint");
-                        self.lifecycle = Lifecycle::Finishing { final_id: Some(id) };
-                        for subtask in &self.subtasks {
-                            subtask.do_send(FinalCheckpoint { id });
+                    match kind {
+                        CheckpointType::Final => {
+                            tracing::info!(checkpoint = id, "final checkpoint");
+                            self.lifecycle = Lifecycle::Finishing { final_id: Some(id) };
+                            for subtask in &self.subtasks {
+                                subtask.do_send(FinalCheckpoint { id });
+                            }
                         }
-                    } else {
-                        for &source in &self.sources {
-                            self.subtasks[source].do_send(TriggerCheckpoint { id });
+                        CheckpointType::Periodic | CheckpointType::Savepoint => {
+                            let savepoint = kind == CheckpointType::Savepoint;
+                            if savepoint {
+                                tracing::info!(checkpoint = id, "savepoint to stop the job");
+                                self.lifecycle = Lifecycle::Stopping { savepoint: id };
+                            }
+                            let barrier = Barrier {
+                                id,
+                                kind: if savepoint {
+                                    SnapshotKind::Savepoint
+                                } else {
+                                    SnapshotKind::Checkpoint
+                                },
+                            };
+                            for &source in &self.sources {
+                                self.subtasks[source].do_send(TriggerCheckpoint {
+                                    barrier,
+                                    then_suspend: savepoint,
+                                });
+                            }
                         }
                     }
                 }
                 Command::WriteMetadata { id, acks } => {
-                    let next = match driver.write_metadata(id, acks) {
+                    let savepoint =
+                        driver.coordinator.pending_type(id) == Some(CheckpointType::Savepoint);
+                    let next = match driver.write_metadata(id, acks, savepoint) {
                         Ok(bytes) => {
                             let took = driver.triggered_at.remove(&id).map(|t| t.elapsed());
                             tracing::info!(
@@ -225,10 +258,18 @@ impl JobMaster {
                     queue.extend(next);
                 }
                 Command::NotifyComplete { id } => {
-                    let is_final = matches!(self.lifecycle, Lifecycle::Finishing { final_id: Some(f) } if f == id);
+                    let is_last = match self.lifecycle {
+                        Lifecycle::Finishing { final_id } => final_id == Some(id),
+                        Lifecycle::Stopping { savepoint } => savepoint == id,
+                        _ => false,
+                    };
+                    if matches!(self.lifecycle, Lifecycle::Stopping { savepoint } if savepoint == id)
+                    {
+                        self.savepoint = Some(id);
+                    }
                     for subtask in &self.subtasks {
-                        if is_final {
-                            subtask.do_send(CompleteFinal { id });
+                        if is_last {
+                            subtask.do_send(CompleteAndStop { id });
                         } else {
                             subtask.do_send(NotifyCheckpoint {
                                 id,
@@ -252,6 +293,22 @@ impl JobMaster {
                             id,
                             completed: false,
                         });
+                    }
+                    if matches!(self.lifecycle, Lifecycle::Stopping { savepoint } if savepoint == id)
+                    {
+                        // The sources go on; a finished one means the job is ending
+                        // with its final checkpoint anyway.
+                        self.lifecycle = Lifecycle::Running;
+                        if reason == AbortReason::TasksFinished {
+                            self.stop_requested = false;
+                            tracing::warn!("a source has finished: the job ends with its final checkpoint instead of a savepoint");
+                        } else {
+                            tracing::warn!(?reason, "the stop-savepoint failed; trying again");
+                        }
+                        for &source in &self.sources {
+                            self.subtasks[source].do_send(ResumeSource);
+                        }
+                        self.finish_if_all_finished(ctx);
                     }
                 }
                 Command::Discard { acks } => {

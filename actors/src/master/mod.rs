@@ -14,6 +14,13 @@
 //! taken at every subtask at once (nothing is in flight any more), has completed and
 //! they have acted on its notification (sinks commit their last output); then they
 //! stop and the job ends.
+//!
+//! Stop with a savepoint (`JobControl`): the master triggers a savepoint at the
+//! sources, which emit nothing after its barrier; when it completes every subtask
+//! acts on it (sinks commit) and stops, and the job ends with the savepoint's path.
+//! If it cannot complete, the sources resume and the job goes on (a finished source
+//! means the job is about to end with its final checkpoint anyway); a failure
+//! while stopping restarts as usual and the stop is tried again.
 
 mod checkpoints;
 
@@ -70,6 +77,11 @@ pub(crate) struct SubtaskFailed {
 #[rtype(result = "()")]
 pub(crate) struct SubtaskGone;
 
+/// Stop the job with a savepoint (from `JobControl`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopRequested;
+
 /// A source has no more input: no further periodic checkpoint can cover the job.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -95,6 +107,7 @@ pub(crate) struct RunSummary {
     pub restarts: u32,
     pub checkpoints: u64,
     pub recoveries: Vec<Duration>,
+    pub savepoint: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +117,11 @@ pub(super) enum Lifecycle {
     /// triggered) and for every subtask to act on its completion.
     Finishing {
         final_id: Option<CheckpointId>,
+    },
+    /// Stopping with savepoint `savepoint`: waiting for it to complete and for every
+    /// subtask to act on it.
+    Stopping {
+        savepoint: CheckpointId,
     },
     /// The attempt failed: the next one deploys once the delay has passed
     /// (`delay_passed`) and the cancelled subtasks are gone (or took too long).
@@ -132,6 +150,10 @@ pub(crate) struct JobMaster {
     failed_at: Option<Instant>,
     /// From each failure to every subtask of the next attempt running (restored).
     recoveries: Vec<Duration>,
+    /// `JobControl::stop_with_savepoint` was called: stop at the next chance.
+    stop_requested: bool,
+    /// The savepoint the job stopped with.
+    savepoint: Option<CheckpointId>,
     outcome: Option<oneshot::Sender<Result<RunSummary, JobError>>>,
     checkpoints: Option<CheckpointDriver>,
     started: Instant,
@@ -169,6 +191,8 @@ impl JobMaster {
             alive: 0,
             failed_at: None,
             recoveries: Vec::new(),
+            stop_requested: false,
+            savepoint: None,
             outcome: Some(outcome),
             checkpoints,
             started: Instant::now(),
@@ -221,6 +245,10 @@ impl JobMaster {
                 restarts: self.attempt,
                 checkpoints: self.checkpoints.as_ref().map_or(0, |c| c.completed),
                 recoveries: std::mem::take(&mut self.recoveries),
+                savepoint: self.savepoint.and_then(|id| {
+                    let config = self.deployment.graph.config.checkpoint.as_ref()?;
+                    Some(config.dir.join(weir_state::storage::checkpoint_dir(id)))
+                }),
             };
             let _ = outcome.send(result.map(|()| summary));
         }
@@ -350,6 +378,37 @@ impl Actor for JobMaster {
     }
 }
 
+impl JobMaster {
+    /// Triggers the stop-savepoint if the job is in a state to take one (otherwise
+    /// the next tick tries again).
+    pub(super) fn try_stop(&mut self, ctx: &mut Context<Self>) {
+        if !self.stop_requested || self.lifecycle != Lifecycle::Running {
+            return;
+        }
+        let now = self.now_ms();
+        let Some(driver) = self.checkpoints.as_mut() else {
+            self.stop_requested = false;
+            self.end(Err(JobError::Runtime(
+                "cannot stop with a savepoint: the job does not checkpoint (configure [checkpoint] / JobConfig::checkpoint)".into(),
+            )));
+            return;
+        };
+        let commands = driver.coordinator.trigger_savepoint(now);
+        self.execute(commands, ctx);
+    }
+}
+
+impl Handler<StopRequested> for JobMaster {
+    type Result = ();
+    fn handle(&mut self, _: StopRequested, ctx: &mut Context<Self>) {
+        if !self.stop_requested {
+            tracing::info!("stopping the job with a savepoint");
+        }
+        self.stop_requested = true;
+        self.try_stop(ctx);
+    }
+}
+
 impl Handler<SubtaskOpened> for JobMaster {
     type Result = ();
     fn handle(&mut self, opened: SubtaskOpened, _: &mut Context<Self>) {
@@ -388,11 +447,24 @@ impl Handler<SourceExhausted> for JobMaster {
 impl Handler<SubtaskFinished> for JobMaster {
     type Result = ();
     fn handle(&mut self, finished: SubtaskFinished, ctx: &mut Context<Self>) {
-        if finished.attempt != self.attempt || self.lifecycle != Lifecycle::Running {
+        if finished.attempt != self.attempt
+            || !matches!(
+                self.lifecycle,
+                Lifecycle::Running | Lifecycle::Stopping { .. }
+            )
+        {
             return;
         }
         self.finished += 1;
-        if self.finished < self.subtask_count() {
+        self.finish_if_all_finished(ctx);
+    }
+}
+
+impl JobMaster {
+    /// Every subtask of the attempt has finished: end the job, or take the final
+    /// checkpoint first.
+    pub(super) fn finish_if_all_finished(&mut self, ctx: &mut Context<Self>) {
+        if self.finished < self.subtask_count() || self.lifecycle != Lifecycle::Running {
             return;
         }
         let now = self.now_ms();
@@ -411,7 +483,12 @@ impl Handler<SubtaskFinished> for JobMaster {
 impl Handler<SubtaskDone> for JobMaster {
     type Result = ();
     fn handle(&mut self, done: SubtaskDone, _: &mut Context<Self>) {
-        if done.attempt != self.attempt || !matches!(self.lifecycle, Lifecycle::Finishing { .. }) {
+        if done.attempt != self.attempt
+            || !matches!(
+                self.lifecycle,
+                Lifecycle::Finishing { .. } | Lifecycle::Stopping { .. }
+            )
+        {
             return;
         }
         self.done += 1;
