@@ -259,11 +259,16 @@ struct Failing {
 impl Source for Failing {
     type Out = u64;
     fn poll(&mut self, ctx: &mut Context<'_, u64>, max: usize) -> anyhow::Result<SourcePoll> {
+        let armed = self.armed.load(std::sync::atomic::Ordering::SeqCst);
         if self.inner.next >= self.fail_at
             && self.snapshots >= 2
             && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             anyhow::bail!("injected failure at record {}", self.inner.next);
+        }
+        if armed && self.inner.next >= self.inner.end {
+            // However slow the machine: the failure comes before the end.
+            return Ok(SourcePoll::Pending(Duration::from_millis(1)));
         }
         self.inner.poll(ctx, max)
     }

@@ -18,6 +18,7 @@ pub mod network;
 pub mod operator;
 mod partition;
 pub mod plan;
+pub mod restore;
 pub mod sink;
 mod stage;
 mod subtask;
@@ -30,6 +31,6 @@ pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
     Context, Data, EventTime, Key, KeyedContext, KeyedOperator, Operator, Sink, Source, SourcePoll,
-    SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
+    SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK, SOURCE_SPLITS_STATE,
 };
 pub use time::generator::WatermarkStrategy;

@@ -17,5 +17,6 @@ pub use operators::{
 };
 pub use sinks::{FileSink, NullSink, SinkFormat, StdoutSink};
 pub use sources::{
-    FileSource, FileSourceSpec, GeneratorSource, GeneratorSpec, StdinSource, StdinSpec,
+    FileSource, FileSourceSpec, FileSplit, GeneratorSource, GeneratorSpec, GeneratorSplit,
+    InputFile, StdinSource, StdinSpec,
 };

@@ -34,13 +34,13 @@ use crate::config::StateBackendChoice;
 use crate::deploy::Deployment;
 use crate::error::{JobError, StageError};
 use crate::graph::BuildEnv;
+use crate::restore::Restore;
 use crate::subtask::{Cancel, SubtaskActor};
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use weir_state::handle::CheckpointMetadata;
 use weir_state::CheckpointStorage;
 
 /// How long cancelled subtasks may take to go before the next attempt starts anyway.
@@ -98,8 +98,9 @@ pub(crate) struct Supervision {
     /// The job's local state directory; attempt `n` works in `attempt-<n>/` below it.
     pub state_dir: PathBuf,
     pub storage: Arc<dyn CheckpointStorage>,
-    /// The checkpoint the first attempt starts from.
-    pub restore: Option<CheckpointMetadata>,
+    /// The checkpoint the first attempt starts from; also where a restart goes back
+    /// to while this run has completed no checkpoint of its own.
+    pub restore: Option<Restore>,
 }
 
 /// What a successful run reports besides the operators' counters.
@@ -216,7 +217,7 @@ impl JobMaster {
     }
 
     /// Deploys attempt `self.attempt`, restored from `restore`.
-    fn deploy(&mut self, restore: Option<CheckpointMetadata>, ctx: &mut Context<Self>) {
+    fn deploy(&mut self, restore: Option<Restore>, ctx: &mut Context<Self>) {
         let env = Arc::new(BuildEnv {
             backend: self.supervision.backend,
             state_dir: self.attempt_dir(self.attempt),
@@ -344,10 +345,14 @@ impl JobMaster {
         }
         let restore = match &self.checkpoints {
             Some(driver) => match driver.restore_point() {
-                Ok(restore) => restore,
+                Ok(Some(metadata)) => Some(Restore {
+                    metadata,
+                    storage: self.supervision.storage.clone(),
+                }),
+                Ok(None) => self.supervision.restore.clone(),
                 Err(e) => return self.end(Err(e)),
             },
-            None => None,
+            None => self.supervision.restore.clone(),
         };
         if self.alive == 0 {
             for old in 0..=self.attempt {
@@ -362,7 +367,7 @@ impl JobMaster {
         self.attempt += 1;
         tracing::info!(
             attempt = self.attempt,
-            checkpoint = restore.as_ref().map(|m| m.checkpoint_id),
+            checkpoint = restore.as_ref().map(|r| r.metadata.checkpoint_id),
             "deploying the job again"
         );
         self.deploy(restore, ctx);
@@ -373,7 +378,7 @@ impl Actor for JobMaster {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let restore = self.supervision.restore.take();
+        let restore = self.supervision.restore.clone();
         self.deploy(restore, ctx);
         if let Some(driver) = &self.checkpoints {
             ctx.run_interval(driver.tick, |master, ctx| master.tick_checkpoints(ctx));
