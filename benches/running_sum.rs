@@ -7,6 +7,7 @@
 //!     WEIR_BENCH_RECORDS=100000000 WEIR_BENCH_RUNS=1 cargo bench --bench running_sum
 //!     WEIR_BENCH_CHECKPOINT_MS=1000 cargo bench --bench running_sum  # aligned checkpoints
 //!     WEIR_BENCH_BACKEND=rocksdb cargo bench --bench running_sum
+//!     WEIR_BENCH_CHECKPOINT_MS=1000 WEIR_BENCH_MODE=unaligned cargo bench --bench running_sum
 //!     WEIR_BENCH_CHECKPOINT_MS=1000 WEIR_BENCH_FAIL_AT=5000000 cargo bench --bench running_sum
 //!         # one injected failure per run: prints the recovery time (failure → running)
 //!     WEIR_BENCH_SINK=files cargo bench --bench running_sum
@@ -120,6 +121,11 @@ fn main() {
     let checkpoint_ms = env("WEIR_BENCH_CHECKPOINT_MS", 0);
     let fail_at = env("WEIR_BENCH_FAIL_AT", u64::MAX);
     let files = std::env::var("WEIR_BENCH_SINK").as_deref() == Ok("files");
+    let mode = match std::env::var("WEIR_BENCH_MODE").as_deref() {
+        Ok("unaligned") => weir::CheckpointMode::Unaligned,
+        Ok("at_least_once") => weir::CheckpointMode::AtLeastOnce,
+        _ => weir::CheckpointMode::Aligned,
+    };
     let backend = match std::env::var("WEIR_BENCH_BACKEND").as_deref() {
         Ok("rocksdb") => StateBackendChoice::RocksDb,
         _ => StateBackendChoice::Memory,
@@ -134,11 +140,13 @@ fn main() {
     let mut rates = Vec::new();
     let mut checkpoints = Vec::new();
     let mut recoveries = Vec::new();
+    let mut durations = Vec::new();
     for run in 1..=runs {
         let armed = Arc::new(AtomicBool::new(fail_at < records));
         let dir = tempfile::tempdir().expect("a temporary checkpoint directory");
         let checkpoint = (checkpoint_ms > 0).then(|| CheckpointConfig {
             interval: Duration::from_millis(checkpoint_ms),
+            mode,
             ..CheckpointConfig::new(dir.path())
         });
         let job = StreamJob::new(JobConfig {
@@ -178,6 +186,12 @@ fn main() {
         if files {
             assert_eq!(committed_lines(out.path()), records, "exactly once");
         }
+        durations.extend(
+            report
+                .checkpoint_durations
+                .iter()
+                .map(|d| d.as_secs_f64() * 1e3),
+        );
         for recovery in &report.recoveries {
             println!(
                 "run {run}: recovered in {:.1} ms",
@@ -210,6 +224,15 @@ fn main() {
             recoveries[recoveries.len() / 2],
             recoveries[0],
             recoveries[recoveries.len() - 1]
+        );
+    }
+    if !durations.is_empty() {
+        durations.sort_by(f64::total_cmp);
+        println!(
+            "checkpoint duration ({mode:?}, {} checkpoints, final ones included) median={:.1} ms max={:.1} ms",
+            durations.len(),
+            durations[durations.len() / 2],
+            durations[durations.len() - 1]
         );
     }
     if checkpoint_ms > 0 {

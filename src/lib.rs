@@ -17,6 +17,7 @@ pub use weir_actors::{
 /// Keyed and operator state: descriptors, handles, backends (re-exported `weir-state`).
 pub use weir_state as state;
 pub mod builtins;
+pub mod checkpoint_report;
 pub mod cli;
 pub mod expr;
 pub mod record;

@@ -146,11 +146,20 @@ fn at_least_once_checkpoints_complete_too() {
 }
 
 #[test]
-fn unaligned_mode_is_refused_until_it_exists() {
+fn unaligned_checkpoints_complete_and_change_nothing_in_the_output() {
     let dir = tempfile::tempdir().unwrap();
-    let error = run(Some(config(dir.path(), CheckpointMode::Unaligned)))
-        .unwrap_err()
-        .to_string();
+    let without = run(None).unwrap();
+    let with = run(Some(config(dir.path(), CheckpointMode::Unaligned))).unwrap();
+    assert_eq!(with, without);
+    let storage = LocalCheckpointStorage::new(dir.path()).unwrap();
+    assert!(!list_checkpoint_ids(&storage).unwrap().is_empty());
+}
+
+#[test]
+fn aligned_with_timeout_is_refused_until_it_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let mode = CheckpointMode::AlignedWithTimeout { timeout_ms: 100 };
+    let error = run(Some(config(dir.path(), mode))).unwrap_err().to_string();
     assert!(error.contains("not supported yet"), "{error}");
 }
 
@@ -237,26 +246,35 @@ fn a_misspelled_checkpoint_mode_is_a_topology_error() {
     assert!(stderr.contains("did you mean `aligned`?"), "{stderr}");
 }
 
-/// `Paced` that can fail once at a given record (while `armed`), and reports its
-/// position so a restarted job resumes it.
+/// `Paced` that can fail once at a given record (while `armed`), but only after its
+/// second snapshot (with one checkpoint at a time, the first has then completed), and
+/// reports its position so a restarted job resumes it.
 struct Failing {
     inner: Paced,
     fail_at: u64,
     armed: Arc<std::sync::atomic::AtomicBool>,
+    snapshots: u32,
 }
 
 impl Source for Failing {
     type Out = u64;
     fn poll(&mut self, ctx: &mut Context<'_, u64>, max: usize) -> anyhow::Result<SourcePoll> {
+        let armed = self.armed.load(std::sync::atomic::Ordering::SeqCst);
         if self.inner.next >= self.fail_at
+            && self.snapshots >= 2
             && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             anyhow::bail!("injected failure at record {}", self.inner.next);
+        }
+        if armed && self.inner.next >= self.inner.end {
+            // However slow the machine: the failure comes before the end.
+            return Ok(SourcePoll::Pending(Duration::from_millis(1)));
         }
         self.inner.poll(ctx, max)
     }
 
     fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.snapshots += 1;
         Ok(Some(self.inner.next.to_le_bytes().to_vec()))
     }
 
@@ -294,6 +312,7 @@ fn run_failing(
         },
         fail_at: RECORDS / 2,
         armed: armed.clone(),
+        snapshots: 0,
     })
     .map("pair", |n| (n % 97, 1u64))
     .key_by(|(k, _)| *k)

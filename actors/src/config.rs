@@ -34,6 +34,14 @@ pub struct JobConfig {
     pub state_dir: Option<PathBuf>,
     /// Periodic checkpoints; none when `None`.
     pub checkpoint: Option<CheckpointConfig>,
+    /// Start from this checkpoint directory (`…/chk-<id>`, in any storage) instead of
+    /// the latest one in the checkpoint dir: at any parallelism up to
+    /// `max_parallelism` (which must match the checkpoint's) and with either state
+    /// backend.
+    pub restore_from: Option<PathBuf>,
+    /// Start from a checkpoint even if it holds state of operators this job does not
+    /// have (that state is dropped); otherwise such a restore is refused.
+    pub allow_non_restored_state: bool,
     /// What the supervisor does when a subtask fails. `None`: restart with
     /// exponential backoff when the job checkpoints (from the latest checkpoint),
     /// fail at once when it does not (a restart would replay the input from the start).
@@ -97,6 +105,8 @@ impl Default for JobConfig {
             state_backend: StateBackendChoice::Memory,
             state_dir: None,
             checkpoint: None,
+            restore_from: None,
+            allow_non_restored_state: false,
             restart: None,
         }
     }

@@ -5,6 +5,7 @@
 //! a subtask always has its wiring before its start. A restart deploys the same
 //! graph again as a new *attempt*, from the state a [`BuildEnv`] restores.
 
+use crate::channel_state::ChannelIo;
 use crate::error::StageError;
 use crate::graph::{BuildEnv, Built, JobGraph, OutputEdge};
 use crate::master::JobMaster;
@@ -91,6 +92,32 @@ impl Deployment {
         Ok(Head::Input(port.head(next.expect("the chain has a head"))))
     }
 
+    /// The codecs and restored in-flight records of a subtask.
+    fn channel_io(
+        &self,
+        vertex: usize,
+        index: u32,
+        env: &BuildEnv,
+    ) -> Result<ChannelIo, StageError> {
+        let nodes = &self.plan.vertices[vertex].nodes;
+        let head = &self.graph.nodes[nodes[0]];
+        let tail = &self.graph.nodes[*nodes.last().expect("a vertex has nodes")];
+        let info = SubtaskInfo {
+            operator: head.name.as_str().into(),
+            index,
+            parallelism: self.plan.vertices[vertex].parallelism,
+            max_parallelism: self.graph.config.max_parallelism,
+            attempt: 0,
+        };
+        Ok(ChannelIo {
+            input: head.signature.input.as_ref().map(|(_, port)| port.clone()),
+            output: tail.signature.output.as_ref().map(|(_, port)| port.clone()),
+            restored: env.channel_state(&info)?,
+            storage: env.storage.clone(),
+            operator: head.name.clone(),
+        })
+    }
+
     fn chain_name(&self, vertex: usize) -> String {
         let names: Vec<&str> = self.plan.vertices[vertex]
             .nodes
@@ -127,13 +154,20 @@ impl Deployment {
                         let (deployment, master, env) = (self.clone(), master.clone(), env.clone());
                         let arbiter = &arbiters[index as usize % arbiters.len()];
                         SubtaskActor::start_in_arbiter(arbiter, move |_| {
-                            let head = deployment.build_chain(vertex, index, attempt, &env);
+                            let built =
+                                deployment
+                                    .channel_io(vertex, index, &env)
+                                    .and_then(|channels| {
+                                        let head =
+                                            deployment.build_chain(vertex, index, attempt, &env)?;
+                                        Ok((head, channels))
+                                    });
                             SubtaskActor::new(
                                 deployment.chain_name(vertex),
                                 index,
                                 number,
                                 attempt,
-                                head,
+                                built,
                                 &deployment.graph.config,
                                 master,
                             )

@@ -15,8 +15,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
-use weir_state::checkpoints::{latest_valid, Verify};
-use weir_state::handle::CheckpointMetadata;
 use weir_state::{CheckpointStorage, LocalCheckpointStorage};
 
 /// Runs a job graph to completion. Blocks; safe to call from any thread, including
@@ -51,19 +49,14 @@ pub(crate) fn execute(graph: JobGraph, control: JobControl) -> Result<JobReport,
                 storage_root.display()
             ))
         })?);
-    let restore = match &graph.config.checkpoint {
-        Some(config) if config.resume => latest_checkpoint(storage.as_ref(), config)?,
-        _ => None,
-    };
+    let operators: Vec<&str> = graph.nodes.iter().map(|n| n.name.as_str()).collect();
+    let restore = crate::restore::select(&graph.config, &storage, &operators)?;
     let checkpoints = match &graph.config.checkpoint {
         None => None,
         Some(config) => {
-            if !matches!(
-                config.mode,
-                CheckpointMode::Aligned | CheckpointMode::AtLeastOnce
-            ) {
+            if matches!(config.mode, CheckpointMode::AlignedWithTimeout { .. }) {
                 return Err(JobError::InvalidGraph(format!(
-                    "checkpoint mode {:?} is not supported yet: use aligned or at-least-once",
+                    "checkpoint mode {:?} is not supported yet: use aligned, unaligned or at-least-once",
                     config.mode
                 )));
             }
@@ -84,7 +77,12 @@ pub(crate) fn execute(graph: JobGraph, control: JobControl) -> Result<JobReport,
                 storage.clone(),
                 subtasks,
                 operators,
-                restore.as_ref().map(|m| m.checkpoint_id),
+                // A restart may go back to a resumed checkpoint of this storage; one
+                // restored from elsewhere is the supervisor's fallback instead.
+                restore
+                    .as_ref()
+                    .filter(|_| graph.config.restore_from.is_none())
+                    .map(|r| r.metadata.checkpoint_id),
             )?)
         }
     };
@@ -114,28 +112,8 @@ pub(crate) fn execute(graph: JobGraph, control: JobControl) -> Result<JobReport,
         checkpoints: summary.checkpoints,
         recoveries: summary.recoveries,
         savepoint: summary.savepoint,
+        checkpoint_durations: summary.checkpoint_durations,
     })
-}
-
-/// The newest valid checkpoint to resume from; damaged newer ones are skipped (and
-/// named) with a warning.
-fn latest_checkpoint(
-    storage: &dyn CheckpointStorage,
-    config: &crate::config::CheckpointConfig,
-) -> Result<Option<CheckpointMetadata>, JobError> {
-    let recovered = latest_valid(storage, Verify::Files).map_err(|e| {
-        JobError::Runtime(format!(
-            "cannot read the checkpoints in {}: {e}",
-            config.dir.display()
-        ))
-    })?;
-    Ok(recovered.map(|r| {
-        for (id, why) in &r.skipped {
-            tracing::warn!(checkpoint = id, reason = %why, "skipping a damaged checkpoint");
-        }
-        tracing::info!(checkpoint = r.metadata.checkpoint_id, dir = %config.dir.display(), "resuming from checkpoint");
-        r.metadata
-    }))
 }
 
 /// The job's local state directory; a temporary one is removed when the job ends.

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the protocols and invariants.
 
+mod channel_state;
 pub mod checkpoint;
 pub mod config;
 mod control;
@@ -17,6 +18,7 @@ pub mod network;
 pub mod operator;
 mod partition;
 pub mod plan;
+pub mod restore;
 pub mod sink;
 mod stage;
 mod subtask;
@@ -29,7 +31,7 @@ pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
     CheckpointId, Context, Data, EventTime, Key, KeyedContext, KeyedOperator, Operator, PreCommit,
-    Sink, Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
+    Sink, Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK, SOURCE_SPLITS_STATE,
 };
 pub use sink::file_sink::ExactlyOnceFileSink;
 pub use sink::two_phase::RollingPolicy;

@@ -42,6 +42,8 @@ pub struct JobReport {
     /// Per restart: from the failure to every subtask running again (restart delay
     /// and state restore included).
     pub recoveries: Vec<Duration>,
+    /// Each completed checkpoint's duration, trigger to durable metadata, in order.
+    pub checkpoint_durations: Vec<Duration>,
     /// The savepoint the job stopped with (`JobControl::stop_with_savepoint`).
     pub savepoint: Option<std::path::PathBuf>,
 }

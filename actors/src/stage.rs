@@ -15,7 +15,7 @@ use crate::metrics::OperatorCounters;
 use crate::network::{AnyBatch, Network};
 use crate::operator::{
     Context, Data, EventTime, KeyFn, KeyedContext, KeyedOperator, Operator, PreCommit, Sink,
-    Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
+    Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK, SOURCE_SPLITS_STATE,
 };
 use crate::partition::Partitioner;
 use crate::time::generator::WatermarkGenerator;
@@ -23,7 +23,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
-use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, StateError};
+use weir_state::{
+    AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, OperatorStateStore,
+    StateError,
+};
 
 /// What every piece of a chain does besides taking records: its lifecycle and its
 /// part in checkpoints.
@@ -58,9 +61,6 @@ pub trait Input<T>: ChainControl {
 }
 
 pub type BoxedInput<T> = Box<dyn Input<T>>;
-
-/// The name under which a source's position is kept in its subtask snapshot.
-pub const POSITION: &str = "position";
 
 /// A name made safe for file names: letters, digits and `-`; the rest become `_`.
 pub fn file_safe(name: &str) -> String {
@@ -590,7 +590,18 @@ impl<T: Data> ChainControl for NetworkOutput<T> {
         net: &mut Network,
         _: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        self.send_to_all(net, || ChannelEvent::Barrier(barrier));
+        if barrier.unaligned {
+            // Ahead of the queued output, which the subtask then keeps as channel state.
+            self.flush(net);
+            for receiver in 0..self.buffers.len() {
+                net.send_first(
+                    self.first_channel + receiver,
+                    ChannelEvent::Barrier(barrier),
+                );
+            }
+        } else {
+            self.send_to_all(net, || ChannelEvent::Barrier(barrier));
+        }
         Ok(())
     }
 
@@ -720,12 +731,20 @@ pub trait SourceHead: ChainControl {
 pub struct SourceStage<S: Source> {
     pub source: S,
     pub core: StageCore<S::Out>,
-    /// Where the source's position goes at checkpoints.
+    /// Where the source's splits go at checkpoints.
     pub storage: Arc<dyn CheckpointStorage>,
-    /// The position to continue from (a restored job).
-    pub restore: Option<Vec<u8>>,
+    /// This subtask's share of a restored checkpoint's splits.
+    pub restore: Option<RestoredSplits>,
     /// Assigns watermarks (and idleness) from the records' event times.
     pub watermarks: Option<WatermarkGenerator<S::Out>>,
+}
+
+/// The splits a restored source subtask continues from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredSplits {
+    pub splits: Vec<Vec<u8>>,
+    /// How many subtasks the source had when the checkpoint was taken (for errors).
+    pub checkpoint_parallelism: usize,
 }
 
 impl<S: Source> SourceHead for SourceStage<S> {
@@ -767,7 +786,12 @@ impl<S: Source> ChainControl for SourceStage<S> {
         guarded(info, || {
             source.open(info)?;
             match restore {
-                Some(position) => source.restore_position(&position),
+                Some(restored) => source.restore_splits(restored.splits).map_err(|e| {
+                    e.context(format!(
+                        "cannot resume from the checkpoint (taken at parallelism {}, now {})",
+                        restored.checkpoint_parallelism, info.parallelism
+                    ))
+                }),
                 None => Ok(()),
             }
         })?;
@@ -781,22 +805,25 @@ impl<S: Source> ChainControl for SourceStage<S> {
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
         let (source, info) = (&mut self.source, &self.core.info);
-        if let Some(position) = guarded(info, || source.snapshot_position())? {
-            let storage = self.storage.clone();
-            let path = format!(
-                "{}/{}-{}.position",
-                checkpoint_dir(barrier.id),
-                file_safe(&info.operator),
-                info.index
-            );
+        if let Some(splits) = guarded(info, || source.snapshot_splits())? {
+            // The splits are a split-redistributed operator-state list, so a restore
+            // at another parallelism deals them out like any such list.
+            let store = guarded(info, || {
+                let mut store = OperatorStateStore::new();
+                store
+                    .list_state::<Vec<u8>>(SOURCE_SPLITS_STATE)?
+                    .update(&mut store, &splits)?;
+                Ok(store)
+            })?;
+            let prefix = format!("{}-{}", file_safe(&info.operator), info.index);
+            let state = store.snapshot(barrier.id, &prefix, self.storage.clone());
             snapshots.push(PendingSnapshot {
                 operator: info.operator.to_string(),
                 snapshot: AsyncSnapshot::new(move || {
-                    let file = storage.write_file(&path, &position)?;
                     Ok(SubtaskSnapshot {
                         keyed: None,
-                        operator: None,
-                        extra: vec![(POSITION.to_string(), file)],
+                        operator: Some(state.run()?),
+                        extra: Vec::new(),
                     })
                 }),
             });

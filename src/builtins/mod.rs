@@ -19,5 +19,6 @@ pub use sinks::{
     exactly_once_file_sink, ExactlyOnceFilesSpec, FileSink, NullSink, SinkFormat, StdoutSink,
 };
 pub use sources::{
-    FileSource, FileSourceSpec, GeneratorSource, GeneratorSpec, StdinSource, StdinSpec,
+    FileSource, FileSourceSpec, FileSplit, GeneratorSource, GeneratorSpec, GeneratorSplit,
+    InputFile, StdinSource, StdinSpec,
 };

@@ -7,7 +7,7 @@ use super::doc::{self, Kind, Reader, Val};
 use super::error::{Origin, Problem, TopologyError};
 use crate::builtins::{
     AggKind, DecodeSpec, ExactlyOnceFilesSpec, FieldType, FileSourceSpec, FlatMapSpec, Format,
-    GeneratorSpec, MapSpec, OnError, SinkFormat, SplitMode, StdinSpec,
+    GeneratorSpec, InputFile, MapSpec, OnError, SinkFormat, SplitMode, StdinSpec,
 };
 use crate::expr::Expr;
 use std::collections::HashMap;
@@ -225,7 +225,7 @@ fn apply_overrides(document: &mut Val, sets: &[String]) -> Result<(), Problem> {
             );
         }
         let value = doc::parse_override_value(value.trim(), i);
-        if path[0] == "job" {
+        if path[0] == "job" || path[0] == "checkpoint" {
             doc::set_path(document, &path, value)
                 .map_err(|e| Problem::new(&at, format!("cannot set `{key}`: {e}")))?;
             continue;
@@ -239,7 +239,7 @@ fn apply_overrides(document: &mut Val, sets: &[String]) -> Result<(), Problem> {
                 let fix = match closest(path[0], &ids_ref) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!(
-                        "use `job` or a node id: {}",
+                        "use `job`, `checkpoint` or a node id: {}",
                         if ids.is_empty() {
                             "(none)".to_string()
                         } else {
@@ -438,14 +438,16 @@ fn parse_checkpoint(v: &Val, ctx: &Ctx) -> Result<CheckpointConfig, Problem> {
         config.retain = n as usize;
     }
     if let Some((mode, at)) = r.string("mode", "\"aligned\"")? {
-        const MODES: &[&str] = &["aligned", "at_least_once"];
+        const MODES: &[&str] = &["aligned", "unaligned", "at_least_once"];
         config.mode = match mode.as_str() {
             "aligned" => CheckpointMode::Aligned,
+            "unaligned" => CheckpointMode::Unaligned,
             "at_least_once" => CheckpointMode::AtLeastOnce,
             _ => {
                 let fix = match closest(&mode, MODES) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None => "use `aligned` (exactly once) or `at_least_once`".to_string(),
+                    None => "use `aligned` or `unaligned` (exactly once), or `at_least_once`"
+                        .to_string(),
                 };
                 return Err(
                     Problem::new(&at, format!("unknown checkpoint mode `{mode}`")).fix(fix),
@@ -656,7 +658,7 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
     let (kind, keys): (NodeKind, &[&str]) = match (role, type_name.as_str()) {
         (Role::Source, "generator") => (
             parse_generator(&mut r, ctx)?,
-            &["count", "rate", "seed", "fields"],
+            &["count", "rate", "seed", "fields", "splits"],
         ),
         (Role::Source, "file") => (parse_file_source(&mut r, ctx)?, FILE_KEYS),
         (Role::Source, "stdin") => {
@@ -754,6 +756,7 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
 
 const FILE_KEYS: &[&str] = &[
     "path",
+    "splits",
     "format",
     "field",
     "header",
@@ -791,6 +794,7 @@ fn parse_generator(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
     let seed = r
         .int("seed", 0, i64::MAX, "42")?
         .map_or(0, |(s, _)| s as u64);
+    let splits = r.int("splits", 1, 1 << 20, "128")?.map(|(n, _)| n as u32);
     let fields = match r.string_table("fields", "{ key = \"i % 100\", value = \"1\" }")? {
         Some(entries) => {
             if entries.is_empty() {
@@ -814,20 +818,23 @@ fn parse_generator(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
         rate,
         seed,
         fields,
+        splits,
     })))
 }
 
 fn parse_file_source(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
     let (p, at) = r.required_string("path", "\"data/input.txt\"")?;
-    let path = ctx.resolve(&p);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            return Err(Problem::new(&at, format!("`{p}` is not a file"))
-                .fix("point `path` at a file (one file per source)"))
-        }
-        Err(e) => {
-            return Err(Problem::new(
+    let files = if p.contains(['*', '?', '[']) {
+        glob_files(&p, &at, ctx)?
+    } else {
+        let path = ctx.resolve(&p);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(Problem::new(&at, format!("`{p}` is not a file"))
+                    .fix("point `path` at a file, or at several with a glob such as `data/*.csv`"))
+            }
+            Err(e) => return Err(Problem::new(
                 &at,
                 format!(
                     "cannot read input file `{p}` (resolved to {}): {e}",
@@ -836,16 +843,54 @@ fn parse_file_source(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
             )
             .fix(
                 "check the path; relative paths are resolved against the topology file's directory",
-            ))
+            )),
         }
-    }
-    let (decode, on_error) = parse_decode(r, ctx, Some(&path))?;
+        vec![InputFile { path, display: p }]
+    };
+    let splits = r.int("splits", 1, 1 << 20, "128")?.map(|(n, _)| n as u32);
+    let (decode, on_error) = parse_decode(r, ctx, Some(&files[0].path))?;
     Ok(NodeKind::File(Arc::new(FileSourceSpec {
-        display: p,
-        path,
+        files,
         decode,
         on_error,
+        splits,
     })))
+}
+
+/// The files a `path` glob matches, sorted; each named as the pattern is written
+/// (relative to the topology's directory when the pattern is).
+fn glob_files(pattern: &str, at: &Origin, ctx: &Ctx) -> Result<Vec<InputFile>, Problem> {
+    let resolved = ctx.resolve(pattern);
+    let matches = glob::glob(&resolved.to_string_lossy()).map_err(|e| {
+        Problem::new(at, format!("`{pattern}` is not a valid glob: {e}"))
+            .fix("use `*`, `?` and `[abc]` in the file name part, e.g. `data/*.csv`")
+    })?;
+    let mut files = Vec::new();
+    for entry in matches {
+        let path = entry.map_err(|e| {
+            Problem::new(at, format!("cannot read a match of `{pattern}`: {e}"))
+                .fix("check the permissions of the directories the glob reads")
+        })?;
+        if !path.is_file() {
+            continue;
+        }
+        let display = if Path::new(pattern).is_absolute() {
+            path.display().to_string()
+        } else {
+            path.strip_prefix(&ctx.base)
+                .unwrap_or(&path)
+                .display()
+                .to_string()
+        };
+        files.push(InputFile { path, display });
+    }
+    if files.is_empty() {
+        return Err(Problem::new(at, format!("`{pattern}` matches no file")).fix(
+            "check the pattern; relative paths are resolved against the topology file's directory",
+        ));
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
 }
 
 fn parse_decode(
@@ -1157,7 +1202,7 @@ fn check_exactly_once_sinks(job: &JobConfig, nodes: &[Node]) -> Result<(), Probl
                         n.id
                     ),
                 )
-                .fix("set `mode = \"aligned\"` in [checkpoint], or use `semantics = \"at_least_once\"`"))
+                .fix("set `mode = \"aligned\"` (or `\"unaligned\"`) in [checkpoint], or use `semantics = \"at_least_once\"`"))
             }
             Some(_) => {}
         }
@@ -1415,7 +1460,7 @@ fn check_fields(nodes: &[Node], by_id: &HashMap<&str, usize>) -> Result<(), Prob
             (NodeKind::Generator(g), _) => {
                 Fields::Known(g.fields.iter().map(|(f, _)| f.to_string()).collect())
             }
-            (NodeKind::File(spec), _) => decoded_fields(&spec.decode, Some(&spec.path)),
+            (NodeKind::File(spec), _) => decoded_fields(&spec.decode, Some(&spec.files[0].path)),
             (NodeKind::Stdin(spec), _) => decoded_fields(&spec.decode, None),
             (NodeKind::Aggregate { output, .. }, _) => {
                 // The key fields come from the key_by it reads.
@@ -1538,7 +1583,7 @@ fn check_paths(nodes: &[Node]) -> Result<(), Problem> {
     for n in nodes {
         match &n.kind {
             NodeKind::File(spec) => {
-                inputs.push((normalized(&spec.path), n));
+                inputs.extend(spec.files.iter().map(|f| (normalized(&f.path), n)));
                 if let OnError::DeadLetter(p) = &spec.on_error {
                     outputs.push((normalized(p), n, "its dead-letter file"));
                 }

@@ -10,6 +10,8 @@ use weir::{Context, Sink, Source, SourcePoll};
 
 pub const RECORDS: u64 = 40_000;
 pub const KEYS: u64 = 97;
+/// A `Numbers` subtask finishes only after this many snapshots of its position.
+pub const MIN_SNAPSHOTS: u32 = 3;
 
 /// A fault that fires once: the first time its condition holds while it is armed.
 #[derive(Clone, Default)]
@@ -45,7 +47,8 @@ pub struct Faults {
 }
 
 /// Numbers `index, index + p, …` below `RECORDS`, paced at 100 per ms per subtask so
-/// that periodic checkpoints complete while it runs.
+/// that periodic checkpoints complete while it runs (and it finishes only after
+/// `MIN_SNAPSHOTS` of them).
 pub struct Numbers {
     next: u64,
     step: u64,
@@ -70,7 +73,8 @@ impl Source for Numbers {
     type Out = u64;
     fn poll(&mut self, ctx: &mut Context<'_, u64>, max: usize) -> anyhow::Result<SourcePoll> {
         if let Some((at, fault)) = &self.faults.poll_at {
-            if fault.fires(self.next >= *at) {
+            // After two snapshots (one checkpoint at a time: the first completed).
+            if fault.fires(self.next >= *at && self.snapshots >= 2) {
                 anyhow::bail!("injected failure at record {}", self.next);
             }
         }
@@ -83,6 +87,10 @@ impl Source for Numbers {
             emitted += 1;
         }
         Ok(match (self.next >= RECORDS, emitted) {
+            // However slow the machine, some periodic checkpoints happen first.
+            (true, _) if self.snapshots < MIN_SNAPSHOTS => {
+                SourcePoll::Pending(Duration::from_millis(1))
+            }
             (true, _) => SourcePoll::Finished,
             (false, 0) => SourcePoll::Pending(Duration::from_millis(1)),
             _ => SourcePoll::Ready,

@@ -26,6 +26,8 @@ pub use weir_state::SnapshotKind;
 pub struct Barrier {
     pub id: CheckpointId,
     pub kind: SnapshotKind,
+    /// Overtakes in-flight data, which the checkpoint keeps as channel state.
+    pub unaligned: bool,
 }
 
 impl Barrier {
@@ -33,6 +35,7 @@ impl Barrier {
         Barrier {
             id,
             kind: SnapshotKind::Checkpoint,
+            unaligned: false,
         }
     }
 }

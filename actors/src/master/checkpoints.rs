@@ -12,7 +12,7 @@ use crate::checkpoint::coordinator::{
     AbortReason, Barrier, CheckpointId, CheckpointType, Command, Coordinator, CoordinatorConfig,
     SnapshotKind,
 };
-use crate::config::CheckpointConfig;
+use crate::config::{CheckpointConfig, CheckpointMode};
 use crate::error::JobError;
 use crate::subtask::{
     CompleteAndStop, FinalCheckpoint, NotifyCheckpoint, ResumeSource, TriggerCheckpoint,
@@ -34,6 +34,20 @@ pub(crate) struct CheckpointAcked {
     pub id: CheckpointId,
     pub subtask: usize,
     pub snapshots: Vec<(String, u32, SubtaskSnapshot)>,
+    pub times: SnapshotTimes,
+}
+
+/// How one subtask's snapshot went, for the checkpoint's log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SnapshotTimes {
+    /// From its first barrier to the snapshot (aligned: waiting for the others).
+    pub alignment: Duration,
+    /// The synchronous part, on the subtask's thread.
+    pub sync: Duration,
+    /// Writing the files, off the subtask's thread.
+    pub asynchronous: Duration,
+    /// In-flight records kept (unaligned).
+    pub channel_bytes: u64,
 }
 
 #[derive(Message)]
@@ -51,6 +65,7 @@ pub(crate) struct CheckpointDeclined {
 pub(crate) struct Ack {
     id: CheckpointId,
     snapshots: Vec<(String, u32, SubtaskSnapshot)>,
+    times: SnapshotTimes,
 }
 
 pub(crate) struct CheckpointDriver {
@@ -65,6 +80,8 @@ pub(crate) struct CheckpointDriver {
     restorable: Vec<CheckpointId>,
     /// Checkpoints completed in this run.
     pub(super) completed: u64,
+    /// How long each completed checkpoint took, trigger to durable metadata.
+    pub(super) durations: Vec<Duration>,
 }
 
 impl CheckpointDriver {
@@ -108,6 +125,7 @@ impl CheckpointDriver {
             triggered_at: HashMap::new(),
             restorable: resumed_from.into_iter().collect(),
             completed: 0,
+            durations: Vec::new(),
         })
     }
 
@@ -150,7 +168,16 @@ impl CheckpointDriver {
         id: CheckpointId,
         acks: Vec<Ack>,
         is_savepoint: bool,
-    ) -> Result<u64, String> {
+    ) -> Result<(u64, SnapshotTimes), String> {
+        // The slowest subtask's phases, and all the in-flight bytes.
+        let times = acks
+            .iter()
+            .fold(SnapshotTimes::default(), |all, a| SnapshotTimes {
+                alignment: all.alignment.max(a.times.alignment),
+                sync: all.sync.max(a.times.sync),
+                asynchronous: all.asynchronous.max(a.times.asynchronous),
+                channel_bytes: all.channel_bytes + a.times.channel_bytes,
+            });
         let mut metadata = CheckpointMetadata::new(id);
         metadata.is_savepoint = is_savepoint;
         for (operator, index, snapshot) in acks.into_iter().flat_map(|a| a.snapshots) {
@@ -162,7 +189,9 @@ impl CheckpointDriver {
                     max_parallelism,
                     subtasks: vec![SubtaskSnapshot::default(); parallelism as usize],
                 });
-            entry.subtasks[index as usize] = snapshot;
+            // A subtask may report several parts for one operator (its keyed state,
+            // its in-flight records): they add up.
+            absorb(&mut entry.subtasks[index as usize], snapshot);
         }
         let bytes: u64 = metadata.files().iter().map(|f| f.size).sum();
         self.store.add(&metadata).map_err(|e| e.to_string())?;
@@ -170,7 +199,7 @@ impl CheckpointDriver {
             self.restorable.push(id);
         }
         self.completed += 1;
-        Ok(bytes)
+        Ok((bytes, times))
     }
 
     fn discard(&self, id: CheckpointId, files: &[weir_state::handle::FileHandle]) {
@@ -178,6 +207,17 @@ impl CheckpointDriver {
             tracing::warn!(checkpoint = id, error = %e, "could not clean up an aborted checkpoint");
         }
     }
+}
+
+/// Adds one reported part of a subtask's snapshot to what it reported before.
+fn absorb(into: &mut SubtaskSnapshot, part: SubtaskSnapshot) {
+    if part.keyed.is_some() {
+        into.keyed = part.keyed;
+    }
+    if part.operator.is_some() {
+        into.operator = part.operator;
+    }
+    into.extra.extend(part.extra);
 }
 
 impl JobMaster {
@@ -222,8 +262,16 @@ impl JobMaster {
                                 tracing::info!(checkpoint = id, "savepoint to stop the job");
                                 self.lifecycle = Lifecycle::Stopping { savepoint: id };
                             }
+                            let unaligned = self
+                                .deployment
+                                .graph
+                                .config
+                                .checkpoint
+                                .as_ref()
+                                .is_some_and(|c| c.mode == CheckpointMode::Unaligned);
                             let barrier = Barrier {
                                 id,
+                                unaligned,
                                 kind: if savepoint {
                                     SnapshotKind::Savepoint
                                 } else {
@@ -243,12 +291,20 @@ impl JobMaster {
                     let savepoint =
                         driver.coordinator.pending_type(id) == Some(CheckpointType::Savepoint);
                     let next = match driver.write_metadata(id, acks, savepoint) {
-                        Ok(bytes) => {
+                        Ok((bytes, times)) => {
                             let took = driver.triggered_at.remove(&id).map(|t| t.elapsed());
+                            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                            if let Some(took) = took {
+                                driver.durations.push(took);
+                            }
                             tracing::info!(
                                 checkpoint = id,
-                                duration_ms = took.map_or(0, |d| d.as_millis() as u64),
+                                duration_ms = took.map_or(0.0, ms),
+                                alignment_ms = ms(times.alignment),
+                                sync_ms = ms(times.sync),
+                                async_ms = ms(times.asynchronous),
                                 state_bytes = bytes,
+                                channel_bytes = times.channel_bytes,
                                 "checkpoint complete"
                             );
                             driver.coordinator.metadata_written(id, now)
@@ -345,6 +401,7 @@ impl Handler<CheckpointAcked> for JobMaster {
         let ack = Ack {
             id: acked.id,
             snapshots: acked.snapshots,
+            times: acked.times,
         };
         let commands = driver.coordinator.acknowledge(acked.id, acked.subtask, ack);
         self.execute(commands, ctx);

@@ -24,7 +24,9 @@
 
 mod checkpoints;
 
-pub(crate) use checkpoints::{CheckpointAcked, CheckpointDeclined, CheckpointDriver};
+pub(crate) use checkpoints::{
+    CheckpointAcked, CheckpointDeclined, CheckpointDriver, SnapshotTimes,
+};
 
 use crate::checkpoint::coordinator::CheckpointId;
 use crate::checkpoint::restart::{Decision, RestartStrategy, RestartTracker};
@@ -32,13 +34,13 @@ use crate::config::StateBackendChoice;
 use crate::deploy::Deployment;
 use crate::error::{JobError, StageError};
 use crate::graph::BuildEnv;
+use crate::restore::Restore;
 use crate::subtask::{Cancel, SubtaskActor};
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use weir_state::handle::CheckpointMetadata;
 use weir_state::CheckpointStorage;
 
 /// How long cancelled subtasks may take to go before the next attempt starts anyway.
@@ -96,8 +98,9 @@ pub(crate) struct Supervision {
     /// The job's local state directory; attempt `n` works in `attempt-<n>/` below it.
     pub state_dir: PathBuf,
     pub storage: Arc<dyn CheckpointStorage>,
-    /// The checkpoint the first attempt starts from.
-    pub restore: Option<CheckpointMetadata>,
+    /// The checkpoint the first attempt starts from; also where a restart goes back
+    /// to while this run has completed no checkpoint of its own.
+    pub restore: Option<Restore>,
 }
 
 /// What a successful run reports besides the operators' counters.
@@ -107,6 +110,7 @@ pub(crate) struct RunSummary {
     pub checkpoints: u64,
     pub recoveries: Vec<Duration>,
     pub savepoint: Option<PathBuf>,
+    pub checkpoint_durations: Vec<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +217,7 @@ impl JobMaster {
     }
 
     /// Deploys attempt `self.attempt`, restored from `restore`.
-    fn deploy(&mut self, restore: Option<CheckpointMetadata>, ctx: &mut Context<Self>) {
+    fn deploy(&mut self, restore: Option<Restore>, ctx: &mut Context<Self>) {
         let env = Arc::new(BuildEnv {
             backend: self.supervision.backend,
             state_dir: self.attempt_dir(self.attempt),
@@ -245,6 +249,11 @@ impl JobMaster {
                 restarts: self.attempt,
                 checkpoints: self.checkpoints.as_ref().map_or(0, |c| c.completed),
                 recoveries: std::mem::take(&mut self.recoveries),
+                checkpoint_durations: self
+                    .checkpoints
+                    .as_mut()
+                    .map(|c| std::mem::take(&mut c.durations))
+                    .unwrap_or_default(),
                 savepoint: self.savepoint.and_then(|id| {
                     let config = self.deployment.graph.config.checkpoint.as_ref()?;
                     Some(config.dir.join(weir_state::storage::checkpoint_dir(id)))
@@ -337,10 +346,14 @@ impl JobMaster {
         }
         let restore = match &self.checkpoints {
             Some(driver) => match driver.restore_point() {
-                Ok(restore) => restore,
+                Ok(Some(metadata)) => Some(Restore {
+                    metadata,
+                    storage: self.supervision.storage.clone(),
+                }),
+                Ok(None) => self.supervision.restore.clone(),
                 Err(e) => return self.end(Err(e)),
             },
-            None => None,
+            None => self.supervision.restore.clone(),
         };
         if self.alive == 0 {
             for old in 0..=self.attempt {
@@ -355,7 +368,7 @@ impl JobMaster {
         self.attempt += 1;
         tracing::info!(
             attempt = self.attempt,
-            checkpoint = restore.as_ref().map(|m| m.checkpoint_id),
+            checkpoint = restore.as_ref().map(|r| r.metadata.checkpoint_id),
             "deploying the job again"
         );
         self.deploy(restore, ctx);
@@ -366,7 +379,7 @@ impl Actor for JobMaster {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let restore = self.supervision.restore.take();
+        let restore = self.supervision.restore.clone();
         self.deploy(restore, ctx);
         if let Some(driver) = &self.checkpoints {
             ctx.run_interval(driver.tick, |master, ctx| master.tick_checkpoints(ctx));

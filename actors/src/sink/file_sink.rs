@@ -26,9 +26,9 @@ pub type Formatter<T> = Arc<dyn Fn(&T, &mut String) + Send + Sync>;
 ///
 /// With checkpoints, parts become visible when the checkpoint after them completes
 /// (a bounded job's last parts at its final checkpoint); without, at the end of
-/// input. Exactly-once needs aligned checkpoints (the default mode): at-least-once
-/// barriers let records from after a barrier into its checkpoint, and a replay
-/// writes them again. A clone shares the settings but not the open files: build one per
+/// input. Exactly-once needs aligned (the default) or unaligned checkpoints:
+/// at-least-once barriers let records from after a barrier into its checkpoint,
+/// and a replay writes them again. A clone shares the settings but not the open files: build one per
 /// subtask, e.g. `stream.sink("out", move |_| files.clone())`.
 pub struct ExactlyOnceFileSink<T> {
     dir: PathBuf,

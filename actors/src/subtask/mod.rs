@@ -7,25 +7,33 @@
 //! leaves after `linger`. When every input has ended (or the source is exhausted) it
 //! finishes the chain, drains its outputs, reports to the job master and stops.
 
-use crate::checkpoint::barrier::{Action, BarrierHandler, CheckpointMode};
+mod checkpointing;
+
+use crate::channel_state::ChannelIo;
+use crate::checkpoint::barrier::{BarrierHandler, CheckpointMode};
 use crate::checkpoint::coordinator::{Barrier, CheckpointId};
 use crate::config::JobConfig;
 use crate::error::StageError;
 use crate::flow::ChannelEvent;
 use crate::gate::InputGate;
 use crate::master::{
-    CheckpointAcked, CheckpointDeclined, JobMaster, SourceExhausted, SubtaskDone, SubtaskFailed,
-    SubtaskFinished, SubtaskGone, SubtaskOpened,
+    JobMaster, SourceExhausted, SubtaskDone, SubtaskFailed, SubtaskFinished, SubtaskGone,
+    SubtaskOpened,
 };
 use crate::network::{AnyBatch, Credit, Deliver, InputSource, Network, OutputTarget};
 use crate::operator::SourcePoll;
-use crate::stage::{ChainControl, InputHead, PendingSnapshot, SourceHead};
+use crate::stage::{ChainControl, InputHead, SourceHead};
 use crate::time::watermarks::{WatermarkOutput, WatermarkTracker};
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message};
+use checkpointing::{AckTo, Checkpointing};
 use std::time::{Duration, Instant};
 
-/// Batches processed (or polled) before the actor yields to its mailbox.
+/// Batches processed (or polled) before the actor yields to its mailbox and to the
+/// other actors of its worker thread...
 const PUMP_BATCHES: usize = 8;
+/// ...or sooner, once a round has taken this long (slow user code must not keep a
+/// co-located source from injecting its barrier, or a barrier waiting in the mailbox).
+const PUMP_TIME: Duration = Duration::from_millis(2);
 
 pub(crate) enum Head {
     Source(Box<dyn SourceHead>),
@@ -56,9 +64,8 @@ enum Phase {
 }
 
 pub(crate) struct SubtaskActor {
-    /// Where checkpoints are acknowledged (with this subtask's number in the job).
-    ack_to: AckTo,
-    barriers: BarrierHandler,
+    /// Barriers, acknowledgements and in-flight records kept for checkpoints.
+    ckpt: Checkpointing,
     mode: CheckpointMode,
     started: Instant,
     head: Result<Head, StageError>,
@@ -76,8 +83,8 @@ pub(crate) struct SubtaskActor {
     linger: Duration,
     /// A checkpointed job: stay for the final checkpoint after finishing.
     checkpointing: bool,
-    /// The newest barrier received: its kind applies to the snapshot it triggers.
-    latest_barrier: Barrier,
+    /// Unaligned barriers that arrived before `Start`, handled right after it.
+    early_barriers: Vec<(usize, Barrier)>,
     /// A source that took a stop-savepoint: it polls no more.
     suspended: bool,
     /// Declared last, so it drops last: the master learns the subtask is gone only
@@ -100,10 +107,14 @@ impl SubtaskActor {
         index: u32,
         number: usize,
         attempt: u32,
-        head: Result<Head, StageError>,
+        built: Result<(Head, ChannelIo), StageError>,
         config: &JobConfig,
         master: Addr<JobMaster>,
     ) -> Self {
+        let (head, channels) = match built {
+            Ok((head, channels)) => (Ok(head), Some(channels)),
+            Err(error) => (Err(error), None),
+        };
         let mode = config
             .checkpoint
             .as_ref()
@@ -116,8 +127,7 @@ impl SubtaskActor {
             name,
         };
         SubtaskActor {
-            ack_to,
-            barriers: BarrierHandler::new(mode, 0),
+            ckpt: Checkpointing::new(ack_to, BarrierHandler::new(mode, 0), channels),
             mode,
             started: Instant::now(),
             head,
@@ -134,24 +144,35 @@ impl SubtaskActor {
             channel_capacity: config.channel_capacity,
             linger: config.linger,
             checkpointing: config.checkpoint.is_some(),
-            latest_barrier: Barrier::checkpoint(0),
+            early_barriers: Vec::new(),
             suspended: false,
             _gone: GoneGuard(master.clone()),
         }
     }
 
+    /// Pumps again after yielding: the mailbox is read first (an unaligned barrier
+    /// there waits for at most one round), and the worker thread runs its other
+    /// actors' ready work.
     fn schedule_pump(&mut self, ctx: &mut Context<Self>) {
         if !self.pump_scheduled {
             self.pump_scheduled = true;
-            ctx.notify(Pump);
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(tokio::task::yield_now()).map(
+                    |(), actor, ctx| {
+                        actor.pump_scheduled = false;
+                        actor.pump(ctx);
+                    },
+                ),
+            );
         }
     }
 
     /// Process input while the outputs accept it, for at most `PUMP_BATCHES` rounds.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let mut rounds = 0;
+        let started = Instant::now();
         while self.phase == Phase::Running && !self.net.is_blocked() {
-            if rounds == PUMP_BATCHES {
+            if rounds == PUMP_BATCHES || (rounds > 0 && started.elapsed() >= PUMP_TIME) {
                 self.schedule_pump(ctx);
                 break;
             }
@@ -215,31 +236,21 @@ impl SubtaskActor {
                 }
                 Some((channel, ChannelEvent::Barrier(barrier))) => {
                     let now_ms = self.started.elapsed().as_millis() as u64;
-                    if barrier.id >= self.latest_barrier.id {
-                        self.latest_barrier = barrier;
-                    }
-                    let actions = self.barriers.on_barrier(channel, barrier.id, now_ms);
-                    apply_barrier_actions(
-                        actions,
-                        self.latest_barrier,
-                        &mut self.gate,
-                        net,
-                        &self.ack_to,
-                        |barrier, net, pending| input.checkpoint(barrier, net, pending),
-                    )?;
+                    self.ckpt.saw(barrier);
+                    let actions = self.ckpt.barriers.on_barrier(channel, barrier.id, now_ms);
+                    self.ckpt
+                        .apply(actions, &mut self.gate, net, |barrier, net, pending| {
+                            input.checkpoint(barrier, net, pending)
+                        })?;
                     Ok(true)
                 }
                 Some((channel, ChannelEvent::EndOfInput)) => {
                     forward_watermarks(input, self.watermarks.on_end_of_input(channel), net)?;
-                    let actions = self.barriers.on_end_of_input(channel);
-                    apply_barrier_actions(
-                        actions,
-                        self.latest_barrier,
-                        &mut self.gate,
-                        net,
-                        &self.ack_to,
-                        |barrier, net, pending| input.checkpoint(barrier, net, pending),
-                    )?;
+                    let actions = self.ckpt.barriers.on_end_of_input(channel);
+                    self.ckpt
+                        .apply(actions, &mut self.gate, net, |barrier, net, pending| {
+                            input.checkpoint(barrier, net, pending)
+                        })?;
                     self.ended_inputs += 1;
                     if self.ended_inputs == self.inputs.len() {
                         self.finish_chain(ctx)?;
@@ -250,11 +261,73 @@ impl SubtaskActor {
         }
     }
 
+    /// An unaligned barrier arrived on `channel` (the subtask runs).
+    fn on_unaligned_barrier(&mut self, channel: usize, barrier: Barrier) -> Result<(), StageError> {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        self.ckpt.saw(barrier);
+        let actions = self.ckpt.barriers.on_barrier(channel, barrier.id, now_ms);
+        tracing::trace!(subtask = %self.ckpt.ack_to.name, channel, id = barrier.id, ?actions, "unaligned barrier");
+        let Ok(Head::Input(input)) = self.head.as_mut() else {
+            return Ok(());
+        };
+        self.ckpt.apply(
+            actions,
+            &mut self.gate,
+            &mut self.net,
+            |barrier, net, pending| input.checkpoint(barrier, net, pending),
+        )
+    }
+
+    /// A subtask restored from an unaligned checkpoint first sends the output its
+    /// barrier had overtaken, then processes the input that preceded its barriers.
+    fn replay_in_flight(&mut self) -> Result<(), StageError> {
+        let Some(channels) = self.ckpt.channels.as_mut() else {
+            return Ok(());
+        };
+        let Some(state) = channels.restored.take() else {
+            return Ok(());
+        };
+        let failure = |cause: String| StageError {
+            operator: self.ckpt.ack_to.name.clone(),
+            subtask: self.ckpt.ack_to.index,
+            cause,
+        };
+        let output_ok = state.outputs.is_empty() || state.outputs.len() == self.net.channels();
+        let input_ok = state.inputs.is_empty() || state.inputs.len() == self.gate.channels();
+        if !output_ok || !input_ok {
+            return Err(failure(
+                "the checkpoint's in-flight records were taken with other channels (another parallelism upstream or downstream): restore it at the parallelism it was taken with".into(),
+            ));
+        }
+        tracing::debug!(subtask = %self.ckpt.ack_to.name, index = self.ckpt.ack_to.index, bytes = state.bytes(), "replaying in-flight records");
+        for (channel, batches) in state.outputs.into_iter().enumerate() {
+            let codec = channels
+                .output
+                .as_ref()
+                .expect("output channels have a codec");
+            for bytes in batches {
+                let batch = codec.decode(&bytes).map_err(failure)?;
+                self.net.send(channel, ChannelEvent::Batch(batch));
+            }
+        }
+        let head = self.head.as_mut().expect("running subtasks have a chain");
+        for batches in state.inputs {
+            let (Head::Input(input), Some(codec)) = (&mut *head, channels.input.as_ref()) else {
+                break;
+            };
+            for bytes in batches {
+                let batch = codec.decode(&bytes).map_err(failure)?;
+                input.push_batch(batch, &mut self.net)?;
+            }
+        }
+        Ok(())
+    }
+
     fn finish_chain(&mut self, ctx: &mut Context<Self>) -> Result<(), StageError> {
         let head = self.head.as_mut().expect("running subtasks have a chain");
         if matches!(head, Head::Source(_)) {
             self.master.do_send(SourceExhausted {
-                attempt: self.ack_to.attempt,
+                attempt: self.ckpt.ack_to.attempt,
             });
         }
         head.control().finish(&mut self.net)?;
@@ -265,9 +338,9 @@ impl SubtaskActor {
 
     fn finish_if_drained(&mut self, ctx: &mut Context<Self>) {
         if self.phase == Phase::Draining && !self.net.is_blocked() {
-            tracing::debug!(subtask = %self.ack_to.name, index = self.ack_to.index, "finished");
+            tracing::debug!(subtask = %self.ckpt.ack_to.name, index = self.ckpt.ack_to.index, "finished");
             self.master.do_send(SubtaskFinished {
-                attempt: self.ack_to.attempt,
+                attempt: self.ckpt.ack_to.attempt,
             });
             if self.checkpointing {
                 self.phase = Phase::Finished;
@@ -284,7 +357,7 @@ impl SubtaskActor {
         }
         self.phase = Phase::Over;
         self.master.do_send(SubtaskFailed {
-            attempt: self.ack_to.attempt,
+            attempt: self.ckpt.ack_to.attempt,
             error,
         });
         ctx.stop();
@@ -319,108 +392,6 @@ fn forward_watermarks(
     Ok(())
 }
 
-/// Where a subtask acknowledges checkpoints.
-#[derive(Clone)]
-struct AckTo {
-    master: Addr<JobMaster>,
-    subtask: usize,
-    index: u32,
-    attempt: u32,
-    name: String,
-}
-
-impl AckTo {
-    fn decline(&self, id: CheckpointId, why: &str) {
-        let reason = format!("{} ({}) {why}", self.name, self.index);
-        self.master.do_send(CheckpointDeclined {
-            id,
-            attempt: self.attempt,
-            subtask: self.subtask,
-            reason,
-            finished: false,
-        });
-    }
-
-    fn decline_finished(&self, id: CheckpointId) {
-        let reason = format!("{} ({}) has finished", self.name, self.index);
-        self.master.do_send(CheckpointDeclined {
-            id,
-            attempt: self.attempt,
-            subtask: self.subtask,
-            reason,
-            finished: true,
-        });
-    }
-
-    /// Runs the asynchronous parts of the snapshot off the actor's thread, then
-    /// acknowledges (or declines) the checkpoint.
-    fn acknowledge(&self, id: CheckpointId, pending: Vec<PendingSnapshot>) {
-        let to = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("weir-snapshot-{id}"))
-            .spawn(move || {
-                let written: Result<Vec<_>, String> = pending
-                    .into_iter()
-                    .map(|p| {
-                        p.snapshot
-                            .run()
-                            .map(|s| (p.operator, to.index, s))
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect();
-                match written {
-                    Ok(snapshots) => to.master.do_send(CheckpointAcked {
-                        id,
-                        subtask: to.subtask,
-                        snapshots,
-                    }),
-                    Err(reason) => {
-                        to.decline(id, &format!("could not write its snapshot: {reason}"))
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            self.decline(id, &format!("could not start a snapshot thread: {e}"));
-        }
-    }
-}
-
-/// Carries out what the barrier handler decided; `checkpoint` runs the chain's
-/// snapshot and forwards the barrier. `latest` is the newest barrier received: a
-/// snapshot is always of its checkpoint (older ones were subsumed).
-fn apply_barrier_actions(
-    actions: Vec<Action>,
-    latest: Barrier,
-    gate: &mut InputGate<ChannelEvent<AnyBatch>>,
-    net: &mut Network,
-    ack: &AckTo,
-    mut checkpoint: impl FnMut(
-        Barrier,
-        &mut Network,
-        &mut Vec<PendingSnapshot>,
-    ) -> Result<(), StageError>,
-) -> Result<(), StageError> {
-    for action in actions {
-        match action {
-            Action::Block(channel) => gate.block(channel),
-            Action::UnblockAll => gate.unblock_all(),
-            Action::Snapshot { id, .. } => {
-                debug_assert_eq!(id, latest.id);
-                let mut pending = Vec::new();
-                checkpoint(latest, net, &mut pending)?;
-                ack.acknowledge(id, pending);
-            }
-            // A newer barrier subsumes the older checkpoint: the coordinator aborts it
-            // quietly when the newer one completes (a decline would count as a failure).
-            Action::Abort { .. } => {}
-            Action::Record(_) | Action::StopRecording(_) | Action::ChannelStateComplete { .. } => {
-                unreachable!("unaligned checkpoints are rejected when the job is planned")
-            }
-        }
-    }
-    Ok(())
-}
-
 impl Actor for SubtaskActor {
     type Context = Context<Self>;
 }
@@ -431,10 +402,10 @@ impl Drop for SubtaskActor {
         // instead of hanging it.
         if self.phase != Phase::Over {
             self.master.do_send(SubtaskFailed {
-                attempt: self.ack_to.attempt,
+                attempt: self.ckpt.ack_to.attempt,
                 error: StageError {
-                    operator: self.ack_to.name.clone(),
-                    subtask: self.ack_to.index,
+                    operator: self.ckpt.ack_to.name.clone(),
+                    subtask: self.ckpt.ack_to.index,
                     cause: "the subtask was lost (its worker thread stopped)".into(),
                 },
             });
@@ -459,16 +430,12 @@ pub(crate) struct Start;
 #[rtype(result = "()")]
 pub(crate) struct Cancel;
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Pump;
-
 impl Handler<Wire> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, wire: Wire, _ctx: &mut Context<Self>) {
         self.net = Network::new(wire.outputs, self.channel_capacity);
         self.gate = InputGate::new(wire.inputs.len());
-        self.barriers = BarrierHandler::new(self.mode, wire.inputs.len());
+        self.ckpt.barriers = BarrierHandler::new(self.mode, wire.inputs.len());
         self.watermarks = WatermarkTracker::new(wire.inputs.len());
         self.inputs = wire.inputs;
     }
@@ -486,25 +453,63 @@ impl Handler<Start> for SubtaskActor {
             return;
         }
         self.phase = Phase::Running;
+        if let Err(error) = self.replay_in_flight() {
+            self.fail(error, ctx);
+            return;
+        }
+        for (channel, barrier) in std::mem::take(&mut self.early_barriers) {
+            if let Err(error) = self.on_unaligned_barrier(channel, barrier) {
+                self.fail(error, ctx);
+                return;
+            }
+        }
         self.master.do_send(SubtaskOpened {
-            attempt: self.ack_to.attempt,
+            attempt: self.ckpt.ack_to.attempt,
         });
         // Upstream subtasks may have started first: input can already be queued.
         self.schedule_pump(ctx);
     }
 }
 
-impl Handler<Pump> for SubtaskActor {
-    type Result = ();
-    fn handle(&mut self, _: Pump, ctx: &mut Context<Self>) {
-        self.pump_scheduled = false;
-        self.pump(ctx);
-    }
-}
-
 impl Handler<Deliver> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, deliver: Deliver, ctx: &mut Context<Self>) {
+        if self.mode == CheckpointMode::Unaligned {
+            match &deliver.event {
+                // Unaligned barriers act on arrival, ahead of the queued input.
+                ChannelEvent::Barrier(barrier) => {
+                    match self.phase {
+                        Phase::Created => self.early_barriers.push((deliver.channel, *barrier)),
+                        Phase::Running => {
+                            if let Err(error) = self.on_unaligned_barrier(deliver.channel, *barrier)
+                            {
+                                self.fail(error, ctx);
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                    if self.phase == Phase::Running && !self.pump_scheduled {
+                        self.pump(ctx);
+                    }
+                    return;
+                }
+                ChannelEvent::Batch(batch) => {
+                    if let Err(error) = self.ckpt.on_batch(deliver.channel, batch) {
+                        self.fail(error, ctx);
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            // Processed in a pump round of its own, so that the mailbox (and any
+            // barrier in it) is read between rounds.
+            self.gate.push(deliver.channel, deliver.event);
+            if matches!(self.phase, Phase::Running) {
+                self.schedule_pump(ctx);
+            }
+            return;
+        }
         self.gate.push(deliver.channel, deliver.event);
         if !self.pump_scheduled {
             self.pump(ctx);
@@ -546,19 +551,20 @@ impl Handler<TriggerCheckpoint> for SubtaskActor {
     fn handle(&mut self, trigger: TriggerCheckpoint, ctx: &mut Context<Self>) {
         let id = trigger.barrier.id;
         if self.phase != Phase::Running {
-            self.ack_to.decline_finished(id);
+            self.ckpt.ack_to.decline_finished(id);
             return;
         }
-        let mut pending = Vec::new();
-        let taken = match self.head.as_mut().expect("running subtasks have a chain") {
-            Head::Source(source) => source.checkpoint(trigger.barrier, &mut self.net, &mut pending),
-            Head::Input(_) => unreachable!("only sources are triggered"),
+        let Head::Source(source) = self.head.as_mut().expect("running subtasks have a chain")
+        else {
+            unreachable!("only sources are triggered")
         };
+        let taken = self.ckpt.snapshot_without_inputs(
+            trigger.barrier,
+            &mut self.net,
+            |barrier, net, pending| source.checkpoint(barrier, net, pending),
+        );
         match taken {
-            Ok(()) => {
-                self.ack_to.acknowledge(id, pending);
-                self.suspended |= trigger.then_suspend;
-            }
+            Ok(()) => self.suspended |= trigger.then_suspend,
             Err(error) => self.fail(error, ctx),
         }
     }
@@ -576,12 +582,21 @@ impl Handler<NotifyCheckpoint> for SubtaskActor {
             return;
         }
         if !notify.completed {
-            // An aborted alignment releases its channels.
-            let actions = self.barriers.on_abort(notify.id);
-            for action in actions {
-                if action == Action::UnblockAll {
-                    self.gate.unblock_all();
-                }
+            // An aborted alignment releases its channels; what an unaligned one kept
+            // is dropped.
+            let actions = self.ckpt.barriers.on_abort(notify.id);
+            let Ok(Head::Input(input)) = self.head.as_mut() else {
+                return;
+            };
+            let applied = self.ckpt.apply(
+                actions,
+                &mut self.gate,
+                &mut self.net,
+                |barrier, net, pending| input.checkpoint(barrier, net, pending),
+            );
+            if let Err(error) = applied {
+                self.fail(error, ctx);
+                return;
             }
             if self.phase == Phase::Running && !self.pump_scheduled {
                 self.pump(ctx);
@@ -621,14 +636,14 @@ impl Handler<FinalCheckpoint> for SubtaskActor {
             return;
         }
         let id = final_checkpoint.id;
-        let mut pending = Vec::new();
         let head = self.head.as_mut().expect("finished subtasks have a chain");
-        match head
-            .control()
-            .checkpoint(Barrier::checkpoint(id), &mut self.net, &mut pending)
-        {
-            Ok(()) => self.ack_to.acknowledge(id, pending),
-            Err(error) => self.fail(error, ctx),
+        let taken = self.ckpt.snapshot_without_inputs(
+            Barrier::checkpoint(id),
+            &mut self.net,
+            |barrier, net, pending| head.control().checkpoint(barrier, net, pending),
+        );
+        if let Err(error) = taken {
+            self.fail(error, ctx);
         }
     }
 }
@@ -663,7 +678,7 @@ impl Handler<CompleteAndStop> for SubtaskActor {
         }
         self.phase = Phase::Over;
         self.master.do_send(SubtaskDone {
-            attempt: self.ack_to.attempt,
+            attempt: self.ckpt.ack_to.attempt,
         });
         ctx.stop();
     }
