@@ -24,6 +24,9 @@ id = "numbers"
 type = "generator"
 count = {COUNT}
 rate = 200000
+# One split per subtask: each key's records come from one split in order, so every
+# running sum is the same in any run.
+splits = 2
 fields = {{ key = "i % 100", value = "i" }}
 
 [[operator]]
