@@ -75,11 +75,15 @@ impl Source for Numbers {
 }
 
 /// The exactly-once file sink, with a commit that panics once in subtask `index`
-/// while `fault` is armed: a failure after the pre-commit of a completed checkpoint.
+/// while `fault` is armed: a failure after the pre-commit of a completed checkpoint,
+/// once that pre-commit left a pending part to commit.
 struct FailingCommit {
     files: ExactlyOnceFileSink<(u64, u64)>,
     fault: Option<(u32, Fault)>,
     index: u32,
+    /// Records written since the last pre-commit; and whether one pre-committed some.
+    wrote: bool,
+    pending: bool,
 }
 
 impl Sink for FailingCommit {
@@ -92,18 +96,20 @@ impl Sink for FailingCommit {
         self.files.restore(states)
     }
     fn write(&mut self, record: (u64, u64)) -> anyhow::Result<()> {
+        self.wrote = true;
         self.files.write(record)
     }
     fn finish(&mut self) -> anyhow::Result<()> {
         self.files.finish()
     }
     fn pre_commit(&mut self, id: CheckpointId) -> anyhow::Result<Option<PreCommit>> {
+        self.pending |= std::mem::take(&mut self.wrote);
         self.files.pre_commit(id)
     }
     fn commit(&mut self, id: CheckpointId) -> anyhow::Result<()> {
         if let Some((index, fault)) = &self.fault {
             assert!(
-                !fault.fires(self.index == *index),
+                !fault.fires(self.index == *index && self.pending),
                 "injected panic in the commit of checkpoint {id}"
             );
         }
@@ -179,6 +185,8 @@ impl<'a> Run<'a> {
             files: files.clone(),
             fault: commit_fault.clone(),
             index: 0,
+            wrote: false,
+            pending: false,
         });
         let control = JobControl::new();
         if let Some(after) = self.stop_after {
@@ -486,7 +494,7 @@ fn readers_only_ever_see_complete_committed_parts() {
 fn a_stop_with_savepoint_commits_everything_before_it_and_the_resumed_run_the_rest() {
     let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let stopped = Run {
-        stop_after: Some(Duration::from_millis(100)),
+        stop_after: Some(Duration::from_millis(150)),
         ..Run::new(chk.path(), out.path())
     }
     .go()
