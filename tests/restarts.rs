@@ -145,3 +145,67 @@ fn a_failure_free_checkpointed_job_ends_with_a_final_checkpoint() {
     assert_exact(&output);
     assert_eq!(output.len() as u64, RECORDS, "nothing replayed");
 }
+
+/// `n → (n % KEYS, 1)`, after a union (which takes a process operator).
+struct Pair;
+impl weir::Operator for Pair {
+    type In = u64;
+    type Out = (u64, u64);
+    fn process(&mut self, n: u64, ctx: &mut weir::Context<'_, (u64, u64)>) -> anyhow::Result<()> {
+        ctx.emit((n % KEYS, 1));
+        Ok(())
+    }
+}
+
+/// Emits a few numbers (keyed apart from `Numbers`' keys) and is done at once.
+struct Short(u64);
+impl weir::Source for Short {
+    type Out = u64;
+    fn poll(
+        &mut self,
+        ctx: &mut weir::Context<'_, u64>,
+        _max: usize,
+    ) -> anyhow::Result<weir::SourcePoll> {
+        while self.0 < 100 {
+            ctx.emit(RECORDS + self.0);
+            self.0 += 1;
+        }
+        Ok(weir::SourcePoll::Finished)
+    }
+}
+
+#[test]
+fn a_source_that_finishes_early_does_not_stop_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let (sink, path) = (out.clone(), dir.path().to_path_buf());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let job = StreamJob::new(JobConfig {
+            parallelism: 2,
+            workers: 2,
+            checkpoint: Some(CheckpointConfig {
+                interval: Duration::from_millis(20),
+                ..CheckpointConfig::new(path)
+            }),
+            ..JobConfig::default()
+        });
+        let short = job.source("short", |_| Short(0));
+        // `Numbers` ends only after several snapshots of its own: if checkpoints
+        // stopped when `short` finished, this job would never end.
+        job.source("numbers", |info| Numbers::new(info, Faults::default()))
+            .union(vec![short])
+            .process("pair", |_| Pair)
+            .key_by(|(k, _)| *k)
+            .reduce("count", |(k, a), (_, b)| (*k, a + b))
+            .sink("collect", move |_| Collect(sink.clone()));
+        done.send(job.run().map(|r| r.checkpoints))
+    });
+    let checkpoints = finished
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the job ends")
+        .expect("the job succeeds");
+    assert!(checkpoints >= 3, "{checkpoints}");
+    let output = out.lock().unwrap();
+    assert_eq!(output.len() as u64, RECORDS + 2 * 100);
+}

@@ -236,6 +236,7 @@ impl<S: Source> NodeSpec for SourceSpec<S> {
             watermarks,
             storage: env.storage.clone(),
             restore,
+            event_time_ended: false,
         })))
     }
 }

@@ -726,6 +726,9 @@ impl<T: Data> ChainControl for TypedHead<T> {
 /// The head of a chain that starts with a source.
 pub trait SourceHead: ChainControl {
     fn poll(&mut self, max: usize, net: &mut Network) -> Result<SourcePoll, StageError>;
+    /// The input is exhausted: event time ends here (every timer downstream may
+    /// fire), even while the end of input itself is held back.
+    fn end_event_time(&mut self, net: &mut Network) -> Result<(), StageError>;
 }
 
 pub struct SourceStage<S: Source> {
@@ -737,6 +740,8 @@ pub struct SourceStage<S: Source> {
     pub restore: Option<RestoredSplits>,
     /// Assigns watermarks (and idleness) from the records' event times.
     pub watermarks: Option<WatermarkGenerator<S::Out>>,
+    /// `MAX_WATERMARK` has been sent.
+    pub event_time_ended: bool,
 }
 
 /// The splits a restored source subtask continues from.
@@ -777,6 +782,14 @@ impl<S: Source> SourceHead for SourceStage<S> {
             core.next.on_idle(true, net);
         }
         Ok(status)
+    }
+
+    fn end_event_time(&mut self, net: &mut Network) -> Result<(), StageError> {
+        if !self.event_time_ended {
+            self.event_time_ended = true;
+            self.core.next.on_watermark(MAX_WATERMARK, net)?;
+        }
+        Ok(())
     }
 }
 
@@ -837,7 +850,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
         // The end of the input is the end of event time: every timer downstream fires.
-        self.core.next.on_watermark(MAX_WATERMARK, net)?;
+        self.end_event_time(net)?;
         self.core.next.finish(net)
     }
 

@@ -35,7 +35,7 @@ use crate::deploy::Deployment;
 use crate::error::{JobError, StageError};
 use crate::graph::BuildEnv;
 use crate::restore::Restore;
-use crate::subtask::{Cancel, SubtaskActor};
+use crate::subtask::{Cancel, EndInput, SubtaskActor};
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -146,6 +146,8 @@ pub(crate) struct JobMaster {
     lifecycle: Lifecycle,
     /// Reports of the current attempt.
     opened: usize,
+    /// Source subtasks whose input is exhausted (checkpointed jobs).
+    exhausted: usize,
     finished: usize,
     done: usize,
     /// Subtask actors of any attempt not yet dropped.
@@ -189,6 +191,7 @@ impl JobMaster {
             sources: Vec::new(),
             lifecycle: Lifecycle::Running,
             opened: 0,
+            exhausted: 0,
             finished: 0,
             done: 0,
             alive: 0,
@@ -233,6 +236,7 @@ impl JobMaster {
         self.sources = deployed.sources;
         self.lifecycle = Lifecycle::Running;
         self.opened = 0;
+        self.exhausted = 0;
         self.finished = 0;
         self.done = 0;
     }
@@ -445,10 +449,12 @@ impl Handler<SourceExhausted> for JobMaster {
         if exhausted.attempt != self.attempt {
             return;
         }
-        if let Some(driver) = self.checkpoints.as_mut() {
-            // A finished source cannot carry barriers: no periodic checkpoint could
-            // complete; the final one covers the rest.
-            driver.coordinator.stop_triggering();
+        // Exhausted sources still carry barriers; once all are, the input ends.
+        self.exhausted += 1;
+        if self.exhausted == self.sources.len() {
+            for &source in &self.sources {
+                self.subtasks[source].do_send(EndInput);
+            }
         }
     }
 }

@@ -87,6 +87,9 @@ pub(crate) struct SubtaskActor {
     early_barriers: Vec<(usize, Barrier)>,
     /// A source that took a stop-savepoint: it polls no more.
     suspended: bool,
+    /// A source whose input is exhausted, in a checkpointed job: it polls no more
+    /// and ends its input when the master says every source is exhausted.
+    exhausted: bool,
     /// Declared last, so it drops last: the master learns the subtask is gone only
     /// after its chain (and the state it holds) has been dropped.
     _gone: GoneGuard,
@@ -146,6 +149,7 @@ impl SubtaskActor {
             checkpointing: config.checkpoint.is_some(),
             early_barriers: Vec::new(),
             suspended: false,
+            exhausted: false,
             _gone: GoneGuard(master.clone()),
         }
     }
@@ -199,11 +203,21 @@ impl SubtaskActor {
             &mut self.net,
         );
         match head {
-            Head::Source(_) if self.suspended => Ok(false),
+            Head::Source(_) if self.suspended || self.exhausted => Ok(false),
             Head::Source(source) => match source.poll(batch_size, net)? {
                 SourcePoll::Ready => Ok(true),
                 SourcePoll::Pending(delay) => {
                     ctx.run_later(delay, |actor, ctx| actor.pump(ctx));
+                    Ok(false)
+                }
+                SourcePoll::Finished if self.checkpointing => {
+                    // Hold the end of input back until every source is exhausted, so
+                    // that the job can still checkpoint (barriers need every source).
+                    source.end_event_time(net)?;
+                    self.exhausted = true;
+                    self.master.do_send(SourceExhausted {
+                        attempt: self.ckpt.ack_to.attempt,
+                    });
                     Ok(false)
                 }
                 SourcePoll::Finished => {
@@ -325,11 +339,6 @@ impl SubtaskActor {
 
     fn finish_chain(&mut self, ctx: &mut Context<Self>) -> Result<(), StageError> {
         let head = self.head.as_mut().expect("running subtasks have a chain");
-        if matches!(head, Head::Source(_)) {
-            self.master.do_send(SourceExhausted {
-                attempt: self.ckpt.ack_to.attempt,
-            });
-        }
         head.control().finish(&mut self.net)?;
         self.phase = Phase::Draining;
         self.finish_if_drained(ctx);
@@ -644,6 +653,22 @@ impl Handler<FinalCheckpoint> for SubtaskActor {
         );
         if let Err(error) = taken {
             self.fail(error, ctx);
+        }
+    }
+}
+
+/// Every source is exhausted: an exhausted source ends its input now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct EndInput;
+
+impl Handler<EndInput> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, _: EndInput, ctx: &mut Context<Self>) {
+        if self.exhausted && self.phase == Phase::Running {
+            if let Err(error) = self.finish_chain(ctx) {
+                self.fail(error, ctx);
+            }
         }
     }
 }
