@@ -159,13 +159,14 @@ impl<T: Data> Sink for ExactlyOnceFileSink<T> {
     }
 
     fn write(&mut self, record: T) -> anyhow::Result<()> {
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        (self.format)(&record, &mut line);
+        self.line.clear();
+        (self.format)(&record, &mut self.line);
         let now_ms = self.started.elapsed().as_millis() as u64;
-        let header = self.header.clone();
+        let (line, header) = (&self.line, &self.header);
+        let Some(writer) = self.writer.as_mut() else {
+            anyhow::bail!("the exactly-once file sink was used before it was restored");
+        };
         let written = (|| {
-            let writer = self.writer()?;
             if writer.begin_record(line.len(), now_ms)? {
                 if let Some(header) = header {
                     let mut text = String::new();
@@ -173,10 +174,8 @@ impl<T: Data> Sink for ExactlyOnceFileSink<T> {
                     writer.append(text.as_bytes())?;
                 }
             }
-            writer.append(line.as_bytes())?;
-            anyhow::Ok(())
+            writer.append(line.as_bytes())
         })();
-        self.line = line;
         written.with_context(|| self.failed("write a part file"))
     }
 
