@@ -14,7 +14,7 @@ use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
 use crate::network::{AnyBatch, Network};
 use crate::operator::{
-    Context, Data, EventTime, KeyFn, KeyedContext, KeyedOperator, Operator, Sink, Source,
+    event_time_of_timer, timer_time, Context, Data, EventTime, FiredTimer, KeyFn, KeyedContext, KeyedOperator, Operator, Sink, Source,
     SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
 };
 use crate::partition::Partitioner;
@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
-use weir_state::{AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, SnapshotKind};
+use weir_state::{
+    AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, SnapshotKind, TimeDomain,
+};
 
 /// What every piece of a chain does besides taking records: its lifecycle and its
 /// part in checkpoints.
@@ -45,6 +47,16 @@ pub trait ChainControl {
     /// Checkpoint `id` completed (or was aborted). An `Err` (a sink that could not
     /// commit) fails the subtask; the restore commits what the checkpoint lists.
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError>;
+    /// The earliest processing-time timer of this piece and the pieces after it: the
+    /// subtask wakes up for it.
+    fn next_processing_timer(&mut self) -> Option<EventTime> {
+        None
+    }
+    /// The wall clock reached `now` (ms since the epoch): fire the processing-time
+    /// timers due here and after.
+    fn on_processing_time(&mut self, _now: EventTime, _net: &mut Network) -> Result<(), StageError> {
+        Ok(())
+    }
 }
 
 /// Something that takes batches of `T`.
@@ -95,6 +107,19 @@ macro_rules! forward_checkpoints {
 
         fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
             self.$($next)+.notify_checkpoint(id, completed)
+        }
+    };
+}
+
+/// Processing-time timers of a stage without timers of its own: those after it.
+macro_rules! forward_processing_time {
+    ($($next:tt)+) => {
+        fn next_processing_timer(&mut self) -> Option<EventTime> {
+            self.$($next)+.next_processing_timer()
+        }
+
+        fn on_processing_time(&mut self, now: EventTime, net: &mut Network) -> Result<(), StageError> {
+            self.$($next)+.on_processing_time(now, net)
         }
     };
 }
@@ -264,6 +289,7 @@ impl<O: Operator> ChainControl for OperatorStage<O> {
     }
 
     forward_checkpoints!(core.next);
+    forward_processing_time!(core.next);
 }
 
 pub struct KeyedStage<O: KeyedOperator> {
@@ -290,9 +316,13 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
         })
     }
 
+    /// Flink's order: the event-time timers due fire first (seeing the new
+    /// watermark), then `on_watermark`, then the watermark travels on behind their
+    /// output.
     fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
         let (op, backend) = (&mut self.op, &mut self.backend);
         self.core.advance(watermark, net, |ctx| {
+            fire_timers(op, backend, TimeDomain::EventTime, watermark, ctx)?;
             op.on_watermark(
                 watermark,
                 &mut KeyedContext::new(ctx.reborrow(), backend, false),
@@ -355,9 +385,54 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
         self.core.next.notify_checkpoint(id, completed)
     }
 
+    fn next_processing_timer(&mut self) -> Option<EventTime> {
+        let own = self
+            .backend
+            .next_timer(TimeDomain::ProcessingTime)
+            .map(event_time_of_timer);
+        match (own, self.core.next.next_processing_timer()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_processing_time(&mut self, now: EventTime, net: &mut Network) -> Result<(), StageError> {
+        let (op, backend) = (&mut self.op, &mut self.backend);
+        self.core.run(net, |ctx| {
+            fire_timers(op, backend, TimeDomain::ProcessingTime, now, ctx)
+        })?;
+        self.core.next.on_processing_time(now, net)
+    }
+
     fn flush(&mut self, net: &mut Network) {
         self.core.next.flush(net)
     }
+}
+
+/// Fires the timers of `domain` due at `up_to` one at a time, in time order, each
+/// with its key current; timers registered meanwhile that are due fire too.
+fn fire_timers<O: KeyedOperator>(
+    op: &mut O,
+    backend: &mut KeyedBackend<O::Key>,
+    domain: TimeDomain,
+    up_to: EventTime,
+    ctx: &mut Context<'_, O::Out>,
+) -> anyhow::Result<()> {
+    let up_to = timer_time(up_to);
+    while let Some(raw) = backend.timer_service().pop_next_due(domain, up_to) {
+        let key: O::Key = postcard::from_bytes(&raw.key)?;
+        backend.set_current_key_in_group(key, raw.key_group)?;
+        let timer = FiredTimer {
+            time: event_time_of_timer(raw.time),
+            domain,
+            namespace: raw.namespace,
+        };
+        op.on_timer(
+            &timer,
+            &mut KeyedContext::new(ctx.reborrow(), backend, true),
+        )?;
+    }
+    Ok(())
 }
 
 pub struct SinkStage<S: Sink> {
@@ -595,6 +670,19 @@ impl<T: Data> ChainControl for Tee<T> {
             .collect();
         results.into_iter().collect()
     }
+
+    fn next_processing_timer(&mut self) -> Option<EventTime> {
+        self.outputs
+            .iter_mut()
+            .filter_map(|o| o.next_processing_timer())
+            .min()
+    }
+
+    fn on_processing_time(&mut self, now: EventTime, net: &mut Network) -> Result<(), StageError> {
+        self.outputs
+            .iter_mut()
+            .try_for_each(|o| o.on_processing_time(now, net))
+    }
 }
 
 /// The head of a chain fed from the network.
@@ -637,6 +725,7 @@ impl<T: Data> ChainControl for TypedHead<T> {
     }
 
     forward_checkpoints!(0);
+    forward_processing_time!(0);
 }
 
 /// The head of a chain that starts with a source.
@@ -744,4 +833,6 @@ impl<S: Source> ChainControl for SourceStage<S> {
     fn flush(&mut self, net: &mut Network) {
         self.core.next.flush(net)
     }
+
+    forward_processing_time!(core.next);
 }
