@@ -19,13 +19,14 @@ pub mod sink;
 mod stage;
 mod subtask;
 pub mod time;
+pub mod window;
 
 pub use config::{CheckpointConfig, CheckpointMode, JobConfig};
 pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
-    Context, Data, EventTime, Key, KeyedContext, KeyedOperator, Operator, Sink, Source, SourcePoll,
-    SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
+    Context, Data, EventTime, FiredTimer, Key, KeyedContext, KeyedOperator, Operator, Sink, Source, SourcePoll,
+    SubtaskInfo, TimeDomain, MAX_WATERMARK, MIN_WATERMARK,
 };
 pub use time::generator::WatermarkStrategy;
