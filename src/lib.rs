@@ -5,13 +5,16 @@
 
 pub mod api;
 
-pub use api::{DataStream, KeyedStream, StreamJob, UnionStream};
+pub use api::{DataStream, KeyedStream, StreamJob, UnionStream, WindowShape, WindowedStream, Windows};
+/// Windows: functions, results and the window arithmetic.
+pub use weir_actors::window;
+pub use weir_actors::window::{AggregateFunction, Window, Windowed};
 /// Job settings (`JobConfig`, the state backend choice).
 pub use weir_actors::config;
 pub use weir_actors::{
-    CheckpointConfig, CheckpointMode, Context, Data, EventTime, JobConfig, JobError, JobMetrics,
+    CheckpointConfig, CheckpointMode, Context, Data, EventTime, FiredTimer, JobConfig, JobError, JobMetrics,
     JobReport, Key, KeyedContext, KeyedOperator, NodeDescription, Operator, OperatorReport, Sink,
-    Source, SourcePoll, SubtaskInfo, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
+    Source, SourcePoll, SubtaskInfo, TimeDomain, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
 };
 /// Keyed and operator state: descriptors, handles, backends (re-exported `weir-state`).
 pub use weir_state as state;
