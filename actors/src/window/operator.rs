@@ -74,6 +74,9 @@ pub struct WindowOperator<K, T, F> {
     allowed_lateness: i64,
     function: F,
     sessions: Option<ValueState<Sessions>>,
+    /// Sliding windows: per key, the ends of the slices that have a pane, ascending,
+    /// so a firing window reads only the panes that exist.
+    slices: Option<ValueState<Vec<i64>>>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -90,6 +93,7 @@ impl<K, T, F> WindowOperator<K, T, F> {
             allowed_lateness,
             function,
             sessions: None,
+            slices: None,
             _key: PhantomData,
         }
     }
@@ -166,9 +170,27 @@ where
 
     fn clean_up(&mut self, end: i64, ctx: Ctx<'_, '_, K, F::Out, T>) -> anyhow::Result<()> {
         match self.kind {
-            WindowKind::Sliding(slicing) => slicing
-                .expiring_slices(end)
-                .try_for_each(|slice| self.function.clear(ctx.state(), slice)),
+            WindowKind::Sliding(slicing) => {
+                let index = self.slices.as_ref().expect("opened");
+                let mut slices = index.value(ctx.state())?.unwrap_or_default();
+                let expiring = slicing.expiring_slices(end);
+                let (first, last) = (end - slicing.size(), end - slicing.size() + slicing.slide());
+                let before = slices.len();
+                slices.retain(|&s| !(first < s && s <= last));
+                if slices.len() == before {
+                    return Ok(());
+                }
+                for slice in expiring {
+                    self.function.clear(ctx.state(), slice)?;
+                }
+                let index = self.slices.as_ref().expect("opened");
+                if slices.is_empty() {
+                    index.clear(ctx.state())?;
+                } else {
+                    index.update(ctx.state(), slices)?;
+                }
+                Ok(())
+            }
             WindowKind::Session { .. } => {
                 let handle = self.sessions.as_ref().expect("opened");
                 let mut sessions = handle.value(ctx.state())?.unwrap_or_default();
@@ -196,7 +218,10 @@ where
         state: &mut KeyedBackend<K>,
     ) -> anyhow::Result<(Option<F::Pane>, bool)> {
         let (mut merged, mut continues) = (None::<F::Pane>, false);
-        for slice in slicing.slices_of(end) {
+        let index = self.slices.as_ref().expect("opened");
+        let slices = index.value(state)?.unwrap_or_default();
+        let start = end - slicing.size();
+        for &slice in slices.iter().filter(|&&s| start < s && s <= end) {
             let Some(pane) = self.function.get(state, slice)? else {
                 continue;
             };
@@ -222,6 +247,14 @@ where
             return Ok(());
         }
         let created = self.function.add(ctx.state(), slice, record)?;
+        if created {
+            let index = self.slices.as_ref().expect("opened");
+            let mut slices = index.value(ctx.state())?.unwrap_or_default();
+            if let Err(at) = slices.binary_search(&slice) {
+                slices.insert(at, slice);
+                index.update(ctx.state(), slices)?;
+            }
+        }
         let first = slicing.first_window_end(slice);
         if first - 1 > now {
             // On time. An existing pane registered this timer already.
@@ -357,8 +390,13 @@ where
 
     fn open(&mut self, _info: &SubtaskInfo, state: &mut KeyedBackend<K>) -> anyhow::Result<()> {
         self.function.register(state)?;
-        if let WindowKind::Session { .. } = self.kind {
-            self.sessions = Some(ValueStateDescriptor::new("window-sessions").register(state)?);
+        match self.kind {
+            WindowKind::Session { .. } => {
+                self.sessions = Some(ValueStateDescriptor::new("window-sessions").register(state)?)
+            }
+            WindowKind::Sliding(_) => {
+                self.slices = Some(ValueStateDescriptor::new("window-slices").register(state)?)
+            }
         }
         Ok(())
     }
