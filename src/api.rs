@@ -452,7 +452,7 @@ impl WindowShape {
     pub fn event_time<T>(self, timestamp: impl Fn(&T) -> EventTime + Send + Sync + 'static) -> Windows<T> {
         Windows {
             kind: self.0,
-            time: WindowTime::Event(Arc::new(timestamp)),
+            time: WindowTime::Event(Arc::new(move |record: &T| Ok(timestamp(record)))),
         }
     }
 

@@ -320,9 +320,10 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
     /// watermark), then `on_watermark`, then the watermark travels on behind their
     /// output.
     fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
+        self.core.watermark = watermark;
+        self.fire_due(TimeDomain::EventTime, watermark, net)?;
         let (op, backend) = (&mut self.op, &mut self.backend);
         self.core.advance(watermark, net, |ctx| {
-            fire_timers(op, backend, TimeDomain::EventTime, watermark, ctx)?;
             op.on_watermark(
                 watermark,
                 &mut KeyedContext::new(ctx.reborrow(), backend, false),
@@ -332,6 +333,33 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
 
     fn on_idle(&mut self, idle: bool, net: &mut Network) {
         self.core.next.on_idle(idle, net)
+    }
+}
+
+/// Timers fired before their output moves on down the chain: a watermark that
+/// makes many windows due does not collect all their results first.
+const TIMERS_PER_ROUND: usize = 1024;
+
+impl<O: KeyedOperator> KeyedStage<O> {
+    /// Fires the timers of `domain` due at `up_to`, handing their output on after
+    /// every `TIMERS_PER_ROUND`.
+    fn fire_due(
+        &mut self,
+        domain: TimeDomain,
+        up_to: EventTime,
+        net: &mut Network,
+    ) -> Result<(), StageError> {
+        loop {
+            let (op, backend) = (&mut self.op, &mut self.backend);
+            let mut more = false;
+            self.core.run(net, |ctx| {
+                more = fire_timers(op, backend, domain, up_to, TIMERS_PER_ROUND, ctx)?;
+                Ok(())
+            })?;
+            if !more {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -397,10 +425,7 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
     }
 
     fn on_processing_time(&mut self, now: EventTime, net: &mut Network) -> Result<(), StageError> {
-        let (op, backend) = (&mut self.op, &mut self.backend);
-        self.core.run(net, |ctx| {
-            fire_timers(op, backend, TimeDomain::ProcessingTime, now, ctx)
-        })?;
+        self.fire_due(TimeDomain::ProcessingTime, now, net)?;
         self.core.next.on_processing_time(now, net)
     }
 
@@ -409,17 +434,22 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
     }
 }
 
-/// Fires the timers of `domain` due at `up_to` one at a time, in time order, each
-/// with its key current; timers registered meanwhile that are due fire too.
+/// Fires at most `limit` timers of `domain` due at `up_to`, one at a time, in time
+/// order, each with its key current; timers registered meanwhile that are due fire
+/// too. True if it stopped at the limit.
 fn fire_timers<O: KeyedOperator>(
     op: &mut O,
     backend: &mut KeyedBackend<O::Key>,
     domain: TimeDomain,
     up_to: EventTime,
+    limit: usize,
     ctx: &mut Context<'_, O::Out>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let up_to = timer_time(up_to);
-    while let Some(raw) = backend.timer_service().pop_next_due(domain, up_to) {
+    for _ in 0..limit {
+        let Some(raw) = backend.timer_service().pop_next_due(domain, up_to) else {
+            return Ok(false);
+        };
         let key: O::Key = postcard::from_bytes(&raw.key)?;
         backend.set_current_key_in_group(key, raw.key_group)?;
         let timer = FiredTimer {
@@ -432,7 +462,7 @@ fn fire_timers<O: KeyedOperator>(
             &mut KeyedContext::new(ctx.reborrow(), backend, true),
         )?;
     }
-    Ok(())
+    Ok(backend.next_timer(domain).is_some_and(|t| t <= up_to))
 }
 
 pub struct SinkStage<S: Sink> {

@@ -8,6 +8,7 @@ pub mod decode;
 pub mod operators;
 pub mod sinks;
 pub mod sources;
+pub mod windows;
 
 pub use bad::{BadRecordStats, BadRecords, DeadLetterFile, OnError};
 pub use decode::{DecodeSpec, Decoder, FieldType, Format};
@@ -19,3 +20,4 @@ pub use sinks::{FileSink, NullSink, SinkFormat, StdoutSink};
 pub use sources::{
     FileSource, FileSourceSpec, GeneratorSource, GeneratorSpec, StdinSource, StdinSpec,
 };
+pub use windows::{RecordWindowAgg, WindowAggSpec, WindowSide};

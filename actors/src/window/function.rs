@@ -205,7 +205,7 @@ pub trait WindowFunction<K: Key, In>: Send + 'static {
     fn put(&mut self, state: &mut KeyedBackend<K>, ns: i64, pane: Self::Pane)
         -> anyhow::Result<()>;
     fn clear(&mut self, state: &mut KeyedBackend<K>, ns: i64) -> anyhow::Result<()>;
-    fn merge(&self, into: &mut Self::Pane, other: Self::Pane);
+    fn merge(&self, into: &mut Self::Pane, other: Self::Pane) -> anyhow::Result<()>;
     fn emit(
         &mut self,
         key: &K,
@@ -269,8 +269,9 @@ impl<K: Key, In: 'static, A: AggregateFunction<In>> WindowFunction<K, In> for Ag
         Ok(self.handle(ns).clear(state)?)
     }
 
-    fn merge(&self, into: &mut A::Acc, other: A::Acc) {
-        self.function.merge(into, other)
+    fn merge(&self, into: &mut A::Acc, other: A::Acc) -> anyhow::Result<()> {
+        self.function.merge(into, other);
+        Ok(())
     }
 
     fn emit(
@@ -346,8 +347,9 @@ where
         Ok(self.handle(ns).clear(state)?)
     }
 
-    fn merge(&self, into: &mut Vec<In>, other: Vec<In>) {
+    fn merge(&self, into: &mut Vec<In>, other: Vec<In>) -> anyhow::Result<()> {
         into.extend(other);
+        Ok(())
     }
 
     fn emit(

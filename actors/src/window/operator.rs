@@ -37,8 +37,9 @@ pub enum WindowKind {
 
 /// Which clock places records in windows and fires them.
 pub enum WindowTime<T> {
-    /// The record's event time; windows fire on the watermark.
-    Event(Arc<dyn Fn(&T) -> EventTime + Send + Sync>),
+    /// The record's event time; windows fire on the watermark. An `Err` (a record
+    /// without a usable time) fails the subtask with its message.
+    Event(Arc<dyn Fn(&T) -> anyhow::Result<EventTime> + Send + Sync>),
     /// The wall clock when the record arrives; windows fire on processing-time timers.
     Processing,
 }
@@ -172,24 +173,8 @@ where
         match self.kind {
             WindowKind::Sliding(slicing) => {
                 let index = self.slices.as_ref().expect("opened");
-                let mut slices = index.value(ctx.state())?.unwrap_or_default();
-                let expiring = slicing.expiring_slices(end);
-                let (first, last) = (end - slicing.size(), end - slicing.size() + slicing.slide());
-                let before = slices.len();
-                slices.retain(|&s| !(first < s && s <= last));
-                if slices.len() == before {
-                    return Ok(());
-                }
-                for slice in expiring {
-                    self.function.clear(ctx.state(), slice)?;
-                }
-                let index = self.slices.as_ref().expect("opened");
-                if slices.is_empty() {
-                    index.clear(ctx.state())?;
-                } else {
-                    index.update(ctx.state(), slices)?;
-                }
-                Ok(())
+                let slices = index.value(ctx.state())?.unwrap_or_default();
+                self.clean_up_slices(slicing, end, slices, ctx)
             }
             WindowKind::Session { .. } => {
                 let handle = self.sessions.as_ref().expect("opened");
@@ -209,14 +194,41 @@ where
         }
     }
 
-    /// The merged slices of a sliding window, and whether any of them continues into
-    /// the next window.
+    /// Drops the slices only the window ending at `end` (and earlier ones) had;
+    /// `slices` is the key's slice index.
+    fn clean_up_slices(
+        &mut self,
+        slicing: Slicing,
+        end: i64,
+        mut slices: Vec<i64>,
+        ctx: Ctx<'_, '_, K, F::Out, T>,
+    ) -> anyhow::Result<()> {
+        let (first, last) = (end - slicing.size(), end - slicing.size() + slicing.slide());
+        let before = slices.len();
+        slices.retain(|&s| !(first < s && s <= last));
+        if slices.len() == before {
+            return Ok(());
+        }
+        for slice in slicing.expiring_slices(end) {
+            self.function.clear(ctx.state(), slice)?;
+        }
+        let index = self.slices.as_ref().expect("opened");
+        if slices.is_empty() {
+            index.clear(ctx.state())?;
+        } else {
+            index.update(ctx.state(), slices)?;
+        }
+        Ok(())
+    }
+
+    /// The merged slices of a sliding window, whether any of them continues into
+    /// the next window, and the key's slice index.
     fn merge_slices(
         &mut self,
         slicing: Slicing,
         end: i64,
         state: &mut KeyedBackend<K>,
-    ) -> anyhow::Result<(Option<F::Pane>, bool)> {
+    ) -> anyhow::Result<(Option<F::Pane>, bool, Vec<i64>)> {
         let (mut merged, mut continues) = (None::<F::Pane>, false);
         let index = self.slices.as_ref().expect("opened");
         let slices = index.value(state)?.unwrap_or_default();
@@ -227,11 +239,11 @@ where
             };
             continues |= slicing.carried_to_next_window(slice, end);
             match merged.as_mut() {
-                Some(into) => self.function.merge(into, pane),
+                Some(into) => self.function.merge(into, pane)?,
                 None => merged = Some(pane),
             }
         }
-        Ok((merged, continues))
+        Ok((merged, continues, slices))
     }
 
     fn process_sliding(
@@ -271,7 +283,7 @@ where
                 return self.set_timer(ctx, Due::Fire, end - 1, true);
             }
             if self.cleanup_time(end) > now {
-                let (pane, _) = self.merge_slices(slicing, end, ctx.state())?;
+                let (pane, _, _) = self.merge_slices(slicing, end, ctx.state())?;
                 let window = Window {
                     start: end - slicing.size(),
                     end,
@@ -289,7 +301,7 @@ where
         end: i64,
         ctx: Ctx<'_, '_, K, F::Out, T>,
     ) -> anyhow::Result<()> {
-        let (pane, continues) = self.merge_slices(slicing, end, ctx.state())?;
+        let (pane, continues, slices) = self.merge_slices(slicing, end, ctx.state())?;
         let window = Window {
             start: end - slicing.size(),
             end,
@@ -298,7 +310,12 @@ where
         if continues {
             self.set_timer(ctx, Due::Fire, end + slicing.slide() - 1, true)?;
         }
-        self.fired(end, ctx)
+        if self.allowed_lateness == 0 {
+            // The index at hand saves reading it again.
+            self.clean_up_slices(slicing, end, slices, ctx)
+        } else {
+            self.fired(end, ctx)
+        }
     }
 
     fn process_session(
@@ -320,7 +337,7 @@ where
         for from in merge.moved() {
             if let Some(pane) = self.function.get(ctx.state(), from.id)? {
                 match moved.as_mut() {
-                    Some(into) => self.function.merge(into, pane),
+                    Some(into) => self.function.merge(into, pane)?,
                     None => moved = Some(pane),
                 }
             }
@@ -329,7 +346,7 @@ where
         if let Some(moved) = moved {
             let pane = match self.function.get(ctx.state(), merged.id)? {
                 Some(mut pane) => {
-                    self.function.merge(&mut pane, moved);
+                    self.function.merge(&mut pane, moved)?;
                     pane
                 }
                 None => moved,
@@ -404,7 +421,7 @@ where
     fn process(&mut self, record: T, ctx: Ctx<'_, '_, K, F::Out, T>) -> anyhow::Result<()> {
         let now = self.now(ctx);
         let t = match &self.time {
-            WindowTime::Event(timestamp) => timestamp(&record),
+            WindowTime::Event(timestamp) => timestamp(&record)?,
             WindowTime::Processing => now + 1,
         };
         match self.kind {
