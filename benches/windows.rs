@@ -13,7 +13,10 @@
 use std::time::{Duration, Instant};
 use weir::config::StateBackendChoice;
 use weir::window::Windowed;
-use weir::{Context, JobConfig, Sink, Source, SourcePoll, StreamJob, SubtaskInfo, WatermarkStrategy, Windows};
+use weir::{
+    Context, JobConfig, Sink, Source, SourcePoll, StreamJob, SubtaskInfo, WatermarkStrategy,
+    Windows,
+};
 
 /// (key, event time, value)
 type Event = (u64, i64, u64);

@@ -31,11 +31,11 @@ use weir_actors::window::{
     AggregateFunction, Aggregating, Avg, Collecting, Count, Extreme, Slicing, Sum, Window,
     WindowFunction, WindowKind, WindowOperator, WindowOutput, WindowTime, Windowed,
 };
-use weir_actors::{EventTime, KeyedContext};
 use weir_actors::{
     Context, Data, JobConfig, JobError, JobGraph, JobMetrics, JobReport, Key, KeyedOperator,
     NodeDescription, NodeId, Operator, Partitioning, Sink, Source, SubtaskInfo, WatermarkStrategy,
 };
+use weir_actors::{EventTime, KeyedContext};
 use weir_state::{KeyedBackend, ValueState, ValueStateDescriptor};
 
 /// A job being built; `run` executes it.
@@ -449,7 +449,10 @@ impl Windows<()> {
 impl WindowShape {
     /// Windows in event time, read from each record by `timestamp` (ms); they fire
     /// when the watermark passes their end.
-    pub fn event_time<T>(self, timestamp: impl Fn(&T) -> EventTime + Send + Sync + 'static) -> Windows<T> {
+    pub fn event_time<T>(
+        self,
+        timestamp: impl Fn(&T) -> EventTime + Send + Sync + 'static,
+    ) -> Windows<T> {
         Windows {
             kind: self.0,
             time: WindowTime::Event(Arc::new(move |record: &T| Ok(timestamp(record)))),
@@ -510,10 +513,14 @@ impl<T: Data + Sync, K: Key> WindowedStream<T, K> {
             WindowOperator::new(kind, time.clone(), allowed_lateness, function())
         });
         if let Some(consume) = late {
-            consume(outputs.clone().flat_map(&format!("{name}.late"), |o| match o {
-                WindowOutput::Late(record) => Some(record),
-                WindowOutput::Result(_) => None,
-            }));
+            consume(
+                outputs
+                    .clone()
+                    .flat_map(&format!("{name}.late"), |o| match o {
+                        WindowOutput::Late(record) => Some(record),
+                        WindowOutput::Result(_) => None,
+                    }),
+            );
         }
         outputs.flat_map(&format!("{name}.results"), |o| match o {
             WindowOutput::Result(result) => Some(result),

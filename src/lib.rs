@@ -5,16 +5,19 @@
 
 pub mod api;
 
-pub use api::{DataStream, KeyedStream, StreamJob, UnionStream, WindowShape, WindowedStream, Windows};
+pub use api::{
+    DataStream, KeyedStream, StreamJob, UnionStream, WindowShape, WindowedStream, Windows,
+};
+/// Job settings (`JobConfig`, the state backend choice).
+pub use weir_actors::config;
 /// Windows: functions, results and the window arithmetic.
 pub use weir_actors::window;
 pub use weir_actors::window::{AggregateFunction, Window, Windowed};
-/// Job settings (`JobConfig`, the state backend choice).
-pub use weir_actors::config;
 pub use weir_actors::{
-    CheckpointConfig, CheckpointMode, Context, Data, EventTime, FiredTimer, JobConfig, JobError, JobMetrics,
-    JobReport, Key, KeyedContext, KeyedOperator, NodeDescription, Operator, OperatorReport, Sink,
-    Source, SourcePoll, SubtaskInfo, TimeDomain, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
+    CheckpointConfig, CheckpointMode, Context, Data, EventTime, FiredTimer, JobConfig, JobError,
+    JobMetrics, JobReport, Key, KeyedContext, KeyedOperator, NodeDescription, Operator,
+    OperatorReport, Sink, Source, SourcePoll, SubtaskInfo, TimeDomain, WatermarkStrategy,
+    MAX_WATERMARK, MIN_WATERMARK,
 };
 /// Keyed and operator state: descriptors, handles, backends (re-exported `weir-state`).
 pub use weir_state as state;

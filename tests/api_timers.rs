@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir::{
-    Context, EventTime, FiredTimer, JobConfig, KeyedContext, KeyedOperator, Operator, Sink,
-    Source, SourcePoll, StreamJob, TimeDomain, WatermarkStrategy,
+    Context, EventTime, FiredTimer, JobConfig, KeyedContext, KeyedOperator, Operator, Sink, Source,
+    SourcePoll, StreamJob, TimeDomain, WatermarkStrategy,
 };
 
 /// (key, event time) for i in 0..count, 50 per poll; keeps polling (with nothing to
@@ -21,7 +21,11 @@ struct Events {
 
 impl Source for Events {
     type Out = (u32, EventTime);
-    fn poll(&mut self, ctx: &mut Context<'_, (u32, EventTime)>, _: usize) -> anyhow::Result<SourcePoll> {
+    fn poll(
+        &mut self,
+        ctx: &mut Context<'_, (u32, EventTime)>,
+        _: usize,
+    ) -> anyhow::Result<SourcePoll> {
         let started = *self.started.get_or_insert_with(Instant::now);
         let end = (self.next + 50).min(self.count);
         for i in self.next..end {
@@ -53,7 +57,11 @@ impl KeyedOperator for Timing {
     type In = (u32, EventTime);
     type Out = Fired;
 
-    fn process(&mut self, (key, t): (u32, EventTime), ctx: &mut KeyedContext<'_, u32, Fired>) -> anyhow::Result<()> {
+    fn process(
+        &mut self,
+        (key, t): (u32, EventTime),
+        ctx: &mut KeyedContext<'_, u32, Fired>,
+    ) -> anyhow::Result<()> {
         if self.processing {
             let at = ctx.current_processing_time() + 20;
             ctx.register_processing_time_timer_in(&key, at)?;
@@ -66,7 +74,11 @@ impl KeyedOperator for Timing {
         Ok(())
     }
 
-    fn on_timer(&mut self, timer: &FiredTimer, ctx: &mut KeyedContext<'_, u32, Fired>) -> anyhow::Result<()> {
+    fn on_timer(
+        &mut self,
+        timer: &FiredTimer,
+        ctx: &mut KeyedContext<'_, u32, Fired>,
+    ) -> anyhow::Result<()> {
         let registered_for: u32 = timer.namespace()?;
         let watermark = match timer.domain {
             TimeDomain::EventTime => ctx.current_watermark(),
@@ -89,7 +101,11 @@ struct SeenBefore;
 impl Operator for SeenBefore {
     type In = Fired;
     type Out = (Fired, EventTime);
-    fn process(&mut self, f: Fired, ctx: &mut Context<'_, (Fired, EventTime)>) -> anyhow::Result<()> {
+    fn process(
+        &mut self,
+        f: Fired,
+        ctx: &mut Context<'_, (Fired, EventTime)>,
+    ) -> anyhow::Result<()> {
         let here = ctx.current_watermark();
         ctx.emit((f, here));
         Ok(())
@@ -114,7 +130,8 @@ fn run(processing: bool, count: i64, linger: Duration) -> Vec<(Fired, EventTime)
         ..JobConfig::default()
     });
     let sink = out.clone();
-    let strategy = WatermarkStrategy::monotonous(|e: &(u32, EventTime)| e.1).with_interval(Duration::ZERO);
+    let strategy =
+        WatermarkStrategy::monotonous(|e: &(u32, EventTime)| e.1).with_interval(Duration::ZERO);
     job.source_with_watermarks("events", strategy, move |_| Events {
         next: 0,
         count,
@@ -135,14 +152,21 @@ fn run(processing: bool, count: i64, linger: Duration) -> Vec<(Fired, EventTime)
 fn event_time_timers_fire_once_in_order_with_their_key_before_the_watermark() {
     let fired = run(false, 1_000, Duration::ZERO);
     // One timer per distinct (key, t + 10); the deleted ones at t + 11 never fire.
-    let expected: BTreeMap<(u32, EventTime), usize> =
-        (0..1_000i64).map(|i| (((i % 5) as u32, i * 2 + 10), 1)).collect();
+    let expected: BTreeMap<(u32, EventTime), usize> = (0..1_000i64)
+        .map(|i| (((i % 5) as u32, i * 2 + 10), 1))
+        .collect();
     let mut got: BTreeMap<(u32, EventTime), usize> = BTreeMap::new();
     let mut last_per_key: BTreeMap<u32, EventTime> = BTreeMap::new();
     for &((registered_for, current, time, processing, watermark), downstream) in &fired {
         assert!(!processing);
-        assert_eq!(registered_for, current, "the timer's key is current in on_timer");
-        assert!(watermark >= time, "fired at watermark {watermark}, due at {time}");
+        assert_eq!(
+            registered_for, current,
+            "the timer's key is current in on_timer"
+        );
+        assert!(
+            watermark >= time,
+            "fired at watermark {watermark}, due at {time}"
+        );
         assert!(
             downstream < time,
             "the output of a timer due at {time} travels ahead of the watermark that fired it (saw {downstream})"
@@ -159,7 +183,11 @@ fn event_time_timers_fire_once_in_order_with_their_key_before_the_watermark() {
 fn processing_time_timers_wake_the_subtask() {
     let fired = run(true, 100, Duration::from_millis(400));
     let keys: std::collections::BTreeSet<u32> = fired.iter().map(|f| f.0 .1).collect();
-    assert_eq!(keys, (0..5).collect(), "every key's processing-time timer fired");
+    assert_eq!(
+        keys,
+        (0..5).collect(),
+        "every key's processing-time timer fired"
+    );
     for &((registered_for, current, time, processing, now), _) in &fired {
         assert!(processing);
         assert_eq!(registered_for, current);

@@ -15,8 +15,8 @@ use std::time::Duration;
 use weir::config::StateBackendChoice;
 use weir::window::{AggregateFunction, Window, Windowed};
 use weir::{
-    CheckpointConfig, Context, EventTime, JobConfig, JobError, Sink, Source, SourcePoll,
-    StreamJob, WatermarkStrategy, Windows, MIN_WATERMARK,
+    CheckpointConfig, Context, EventTime, JobConfig, JobError, Sink, Source, SourcePoll, StreamJob,
+    WatermarkStrategy, Windows, MIN_WATERMARK,
 };
 
 /// (key, event time, value)
@@ -194,9 +194,11 @@ fn run(batches: Arc<Vec<Vec<Event>>>, r: Run) -> (Result<(), JobError>, Outputs)
         checkpoint: r.checkpoint,
         ..JobConfig::default()
     });
-    let strategy =
-        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(BOUND as u64), |e: &Event| e.1)
-            .with_interval(Duration::ZERO);
+    let strategy = WatermarkStrategy::bounded_out_of_orderness(
+        Duration::from_millis(BOUND as u64),
+        |e: &Event| e.1,
+    )
+    .with_interval(Duration::ZERO);
     let fail_before = r.fail_before.clone();
     let events = job
         .source_with_watermarks("events", strategy, move |_| Replay {
@@ -217,7 +219,8 @@ fn run(batches: Arc<Vec<Vec<Event>>>, r: Run) -> (Result<(), JobError>, Outputs)
         collector(),
         collector(),
     );
-    let tumbling = || Windows::tumbling(Duration::from_millis(TUMBLE as u64)).event_time(|e: &Event| e.1);
+    let tumbling =
+        || Windows::tumbling(Duration::from_millis(TUMBLE as u64)).event_time(|e: &Event| e.1);
     let sliding = || {
         Windows::sliding(
             Duration::from_millis(SLIDE_SIZE as u64),
@@ -225,7 +228,8 @@ fn run(batches: Arc<Vec<Vec<Event>>>, r: Run) -> (Result<(), JobError>, Outputs)
         )
         .event_time(|e: &Event| e.1)
     };
-    let sessions = || Windows::session(Duration::from_millis(GAP as u64)).event_time(|e: &Event| e.1);
+    let sessions =
+        || Windows::session(Duration::from_millis(GAP as u64)).event_time(|e: &Event| e.1);
 
     let (out, late) = (c.0.clone(), c.6.clone());
     events
@@ -259,11 +263,14 @@ fn run(batches: Arc<Vec<Vec<Event>>>, r: Run) -> (Result<(), JobError>, Outputs)
         .key_by(|e| e.0)
         .window(sliding())
         .allowed_lateness(lateness)
-        .process("sliding-values", |k: &u32, w: &Window, records: Vec<Event>| {
-            let mut values: Vec<i64> = records.iter().map(|e| e.2).collect();
-            values.sort_unstable();
-            Some((*k, *w, values))
-        })
+        .process(
+            "sliding-values",
+            |k: &u32, w: &Window, records: Vec<Event>| {
+                let mut values: Vec<i64> = records.iter().map(|e| e.2).collect();
+                values.sort_unstable();
+                Some((*k, *w, values))
+            },
+        )
         .sink("c4", move |_| Collect(out.clone()));
     let (out, late) = (c.4.clone(), c.8.clone());
     events
@@ -399,7 +406,9 @@ fn finals<V: Clone>(results: &[(u32, Window, V)], once: bool) -> BTreeMap<(u32, 
 }
 
 fn triples<V: Clone>(r: &[Windowed<u32, V>]) -> Vec<(u32, Window, V)> {
-    r.iter().map(|w| (w.key, w.window, w.value.clone())).collect()
+    r.iter()
+        .map(|w| (w.key, w.window, w.value.clone()))
+        .collect()
 }
 
 /// Sessions that a later emission merged into a larger one are superseded.
@@ -407,9 +416,9 @@ fn final_sessions<V: Clone>(all: BTreeMap<(u32, Window), V>) -> BTreeMap<(u32, W
     let windows: Vec<(u32, Window)> = all.keys().copied().collect();
     all.into_iter()
         .filter(|((k, w), _)| {
-            !windows.iter().any(|(k2, w2)| {
-                k2 == k && w2 != w && w2.start <= w.start && w.end <= w2.end
-            })
+            !windows
+                .iter()
+                .any(|(k2, w2)| k2 == k && w2 != w && w2.start <= w.start && w.end <= w2.end)
         })
         .collect()
 }
@@ -448,7 +457,11 @@ fn check(disorder: Disorder, parallelism: u32, backend: StateBackendChoice, late
     let count = |m: &Contents| -> BTreeMap<_, u64> {
         m.iter().map(|(k, v)| (*k, v.len() as u64)).collect()
     };
-    assert_eq!(finals(&triples(&out.tumbling_count), once), count(&tumbling), "{what}");
+    assert_eq!(
+        finals(&triples(&out.tumbling_count), once),
+        count(&tumbling),
+        "{what}"
+    );
     let avg: BTreeMap<_, f64> = tumbling
         .iter()
         .map(|(k, v)| (*k, v.iter().sum::<i64>() as f64 / v.len() as f64))
@@ -482,7 +495,11 @@ fn check(disorder: Disorder, parallelism: u32, backend: StateBackendChoice, late
         stats,
         "{what}"
     );
-    assert_eq!(final_sessions(finals(&triples(&out.session_min), once)), min, "{what}");
+    assert_eq!(
+        final_sessions(finals(&triples(&out.session_min), once)),
+        min,
+        "{what}"
+    );
 
     if disorder == Disorder::Late && lateness > 0 {
         let fired: Vec<_> = out.sliding_sum.iter().map(|w| (w.key, w.window)).collect();
@@ -561,7 +578,8 @@ fn a_failed_window_job_resumed_from_its_checkpoint_gives_the_failure_free_result
         let (second, after) = attempt();
         second.expect("the resumed run completes");
         assert!(
-            !after.tumbling_count.is_empty() && after.tumbling_count.len() < expected.tumbling_count.len(),
+            !after.tumbling_count.is_empty()
+                && after.tumbling_count.len() < expected.tumbling_count.len(),
             "the second run resumed instead of starting over"
         );
 
@@ -582,7 +600,10 @@ fn a_failed_window_job_resumed_from_its_checkpoint_gives_the_failure_free_result
         }
         let once = |r: &[Windowed<u32, i64>]| finals(&triples(r), true);
         assert_eq!(
-            union(&triples(&before.tumbling_count), &triples(&after.tumbling_count)),
+            union(
+                &triples(&before.tumbling_count),
+                &triples(&after.tumbling_count)
+            ),
             finals(&triples(&expected.tumbling_count), true)
         );
         assert_eq!(
@@ -594,7 +615,10 @@ fn a_failed_window_job_resumed_from_its_checkpoint_gives_the_failure_free_result
             finals(&expected.sliding_values, true)
         );
         assert_eq!(
-            union(&triples(&before.session_stats), &triples(&after.session_stats)),
+            union(
+                &triples(&before.session_stats),
+                &triples(&after.session_stats)
+            ),
             finals(&triples(&expected.session_stats), true)
         );
         let sessions_seen: BTreeSet<_> = before
@@ -605,7 +629,71 @@ fn a_failed_window_job_resumed_from_its_checkpoint_gives_the_failure_free_result
             .collect();
         assert_eq!(
             sessions_seen,
-            expected.session_min.iter().map(|w| (w.key, w.window)).collect()
+            expected
+                .session_min
+                .iter()
+                .map(|w| (w.key, w.window))
+                .collect()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Processing time
+
+/// 40 polls of 25 records, 5 ms apart: about 200 ms of wall clock.
+struct Paced {
+    polls: usize,
+}
+
+impl Source for Paced {
+    type Out = Event;
+    fn poll(&mut self, ctx: &mut Context<'_, Event>, _max: usize) -> anyhow::Result<SourcePoll> {
+        if self.polls == 40 {
+            return Ok(SourcePoll::Finished);
+        }
+        for i in 0..25 {
+            ctx.emit(((i % 3) as u32, 0, 1));
+        }
+        self.polls += 1;
+        Ok(SourcePoll::Pending(Duration::from_millis(5)))
+    }
+}
+
+#[test]
+fn processing_time_windows_count_every_record_once_by_the_wall_clock() {
+    let out = collector();
+    let job = StreamJob::new(JobConfig {
+        parallelism: 2,
+        workers: 2,
+        ..JobConfig::default()
+    });
+    let sink = out.clone();
+    job.source("paced", |_| Paced { polls: 0 })
+        .parallelism(1)
+        .key_by(|e| e.0)
+        .window(Windows::tumbling(Duration::from_millis(40)).processing_time())
+        .count("counts")
+        .sink("collect", move |_| Collect(sink.clone()));
+    let started = weir::EventTime::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    job.run().unwrap();
+    let results: Vec<Windowed<u32, u64>> = taken(&out);
+    // Windows still open when the input ended do not fire (as in Flink); the rest
+    // hold every record of their time once.
+    let total: u64 = results.iter().map(|w| w.value).sum();
+    assert!((500..=1_000).contains(&total), "counted {total}");
+    let windows: BTreeSet<(u32, Window)> = results.iter().map(|w| (w.key, w.window)).collect();
+    assert_eq!(windows.len(), results.len(), "each window fires once");
+    for w in &results {
+        assert_eq!(w.window.end - w.window.start, 40);
+        assert_eq!(w.window.start % 40, 0);
+        assert!(w.window.end > started, "windows are in wall-clock time");
+    }
+    assert!(windows.len() >= 3, "the input spans several windows");
 }

@@ -139,14 +139,20 @@ fn lines(dir: &Path, file: &str) -> Vec<Value> {
 }
 
 fn int(v: &Value, field: &str) -> i64 {
-    v[field].as_i64().unwrap_or_else(|| panic!("{field} in {v}"))
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{field} in {v}"))
 }
 
 /// (user, window_start, window_end) -> value
 fn results(dir: &Path, file: &str, output: &str) -> BTreeMap<(i64, i64, i64), i64> {
     let mut out = BTreeMap::new();
     for r in lines(dir, file) {
-        let key = (int(&r, "user"), int(&r, "window_start"), int(&r, "window_end"));
+        let key = (
+            int(&r, "user"),
+            int(&r, "window_start"),
+            int(&r, "window_end"),
+        );
         assert!(
             out.insert(key, int(&r, output)).is_none(),
             "window {key:?} emitted twice"
@@ -221,7 +227,9 @@ fn toml_windows_equal_the_batch_computation() {
         }
         let mut start = ts.div_euclid(500) * 500;
         while start > ts - 2000 {
-            let max = sliding.entry((user, start, start + 2000)).or_insert(i64::MIN);
+            let max = sliding
+                .entry((user, start, start + 2000))
+                .or_insert(i64::MIN);
             *max = (*max).max(amount);
             start -= 500;
         }
@@ -269,31 +277,65 @@ input = "w"
 #[test]
 fn window_topology_errors_point_at_the_setting_and_say_how_to_fix_it() {
     let timed = "timestamp = \"ts\"";
-    let e = error_of(&with_window("", "kind = \"tumbling\"\nsize = \"1s\"\naggregate = \"count\""));
+    let e = error_of(&with_window(
+        "",
+        "kind = \"tumbling\"\nsize = \"1s\"\naggregate = \"count\"",
+    ));
     assert!(e.contains("bad.toml:15:6"), "{e}");
-    assert!(e.contains("works in event time, but source `events` gives its records none"), "{e}");
+    assert!(
+        e.contains("works in event time, but source `events` gives its records none"),
+        "{e}"
+    );
     assert!(e.contains("fix: add `timestamp = \"FIELD\"`"), "{e}");
 
-    let e = error_of(&with_window(timed, "kind = \"tumbeling\"\nsize = \"1s\"\naggregate = \"count\""));
+    let e = error_of(&with_window(
+        timed,
+        "kind = \"tumbeling\"\nsize = \"1s\"\naggregate = \"count\"",
+    ));
     assert!(e.contains("bad.toml:18:8"), "{e}");
-    assert!(e.contains("unknown window kind `tumbeling`") && e.contains("did you mean `tumbling`?"), "{e}");
+    assert!(
+        e.contains("unknown window kind `tumbeling`") && e.contains("did you mean `tumbling`?"),
+        "{e}"
+    );
 
-    let e = error_of(&with_window(timed, "kind = \"sliding\"\nsize = \"1m\"\nslide = \"2m\"\naggregate = \"count\""));
-    assert!(e.contains("exceeds the window size") && e.contains("fix: make `slide` at most `size`"), "{e}");
+    let e = error_of(&with_window(
+        timed,
+        "kind = \"sliding\"\nsize = \"1m\"\nslide = \"2m\"\naggregate = \"count\"",
+    ));
+    assert!(
+        e.contains("exceeds the window size") && e.contains("fix: make `slide` at most `size`"),
+        "{e}"
+    );
 
-    let e = error_of(&with_window(timed, "kind = \"tumbling\"\nsize = \"5 parsecs\"\naggregate = \"count\""));
-    assert!(e.contains("`size` in operator `w` must be a duration, found \"5 parsecs\""), "{e}");
+    let e = error_of(&with_window(
+        timed,
+        "kind = \"tumbling\"\nsize = \"5 parsecs\"\naggregate = \"count\"",
+    ));
+    assert!(
+        e.contains("`size` in operator `w` must be a duration, found \"5 parsecs\""),
+        "{e}"
+    );
     assert!(e.contains("units: ms, s, m, h, d"), "{e}");
 
-    let e = error_of(&with_window(timed, "kind = \"session\"\ngap = \"1s\"\naggregate = \"sum\""));
+    let e = error_of(&with_window(
+        timed,
+        "kind = \"session\"\ngap = \"1s\"\naggregate = \"sum\"",
+    ));
     assert!(e.contains("operator `w` needs `field`"), "{e}");
 
     let e = error_of(&with_window(
         timed,
         "kind = \"session\"\ngap = \"1s\"\naggregate = \"count\"\nlate = \"outt\"",
     ));
-    assert!(e.contains("`late` of window `w` names `outt`, which is not a sink") && e.contains("did you mean `out`?"), "{e}");
+    assert!(
+        e.contains("`late` of window `w` names `outt`, which is not a sink")
+            && e.contains("did you mean `out`?"),
+        "{e}"
+    );
 
-    let e = error_of(&with_window(timed, "kind = \"tumbling\"\nsize = \"1s\"\naggregate = \"count\"\ntimestamp = \"tss\""));
+    let e = error_of(&with_window(
+        timed,
+        "kind = \"tumbling\"\nsize = \"1s\"\naggregate = \"count\"\ntimestamp = \"tss\"",
+    ));
     assert!(e.contains("tss"), "{e}");
 }

@@ -26,7 +26,7 @@ pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
-    Context, Data, EventTime, FiredTimer, Key, KeyedContext, KeyedOperator, Operator, Sink, Source, SourcePoll,
-    SubtaskInfo, TimeDomain, MAX_WATERMARK, MIN_WATERMARK,
+    Context, Data, EventTime, FiredTimer, Key, KeyedContext, KeyedOperator, Operator, Sink, Source,
+    SourcePoll, SubtaskInfo, TimeDomain, MAX_WATERMARK, MIN_WATERMARK,
 };
 pub use time::generator::WatermarkStrategy;

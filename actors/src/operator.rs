@@ -231,9 +231,11 @@ impl<'a, K: Key, Out> KeyedContext<'a, K, Out> {
             "timers belong to a key: register them in process or on_timer"
         );
         if register {
-            self.state.register_timer(domain, namespace, timer_time(time))?;
+            self.state
+                .register_timer(domain, namespace, timer_time(time))?;
         } else {
-            self.state.delete_timer(domain, namespace, timer_time(time))?;
+            self.state
+                .delete_timer(domain, namespace, timer_time(time))?;
         }
         Ok(())
     }

@@ -14,8 +14,8 @@ use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
 use crate::network::{AnyBatch, Network};
 use crate::operator::{
-    event_time_of_timer, timer_time, Context, Data, EventTime, FiredTimer, KeyFn, KeyedContext, KeyedOperator, Operator, Sink, Source,
-    SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
+    event_time_of_timer, timer_time, Context, Data, EventTime, FiredTimer, KeyFn, KeyedContext,
+    KeyedOperator, Operator, Sink, Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
 };
 use crate::partition::Partitioner;
 use crate::time::generator::WatermarkGenerator;
@@ -54,7 +54,11 @@ pub trait ChainControl {
     }
     /// The wall clock reached `now` (ms since the epoch): fire the processing-time
     /// timers due here and after.
-    fn on_processing_time(&mut self, _now: EventTime, _net: &mut Network) -> Result<(), StageError> {
+    fn on_processing_time(
+        &mut self,
+        _now: EventTime,
+        _net: &mut Network,
+    ) -> Result<(), StageError> {
         Ok(())
     }
 }

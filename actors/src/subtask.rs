@@ -167,7 +167,10 @@ impl SubtaskActor {
                 return;
             }
             let head = actor.head.as_mut().expect("running subtasks have a chain");
-            match head.control().on_processing_time(processing_time_now(), &mut actor.net) {
+            match head
+                .control()
+                .on_processing_time(processing_time_now(), &mut actor.net)
+            {
                 Ok(()) => actor.pump(ctx),
                 Err(error) => actor.fail(error, ctx),
             }

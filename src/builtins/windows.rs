@@ -106,7 +106,12 @@ impl WindowFunction<RecordKey, Record> for RecordWindowAgg {
         Ok(self.handle(ns).value(state)?)
     }
 
-    fn put(&mut self, state: &mut KeyedBackend<RecordKey>, ns: i64, pane: Acc) -> anyhow::Result<()> {
+    fn put(
+        &mut self,
+        state: &mut KeyedBackend<RecordKey>,
+        ns: i64,
+        pane: Acc,
+    ) -> anyhow::Result<()> {
         Ok(self.handle(ns).update(state, pane)?)
     }
 

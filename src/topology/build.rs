@@ -6,12 +6,12 @@
 //! edge per input (a union); a node read by several nodes fans out.
 
 use super::model::{EventTimeSpec, NodeKind, Topology};
+use crate::builtins::windows::{timestamp_of, RecordWindowAgg, WindowAggSpec, WindowSide};
 use crate::builtins::{
     AggSpec, AggregateOperator, BadRecordStats, DeadLetterFile, FileSink, FileSource,
     FilterOperator, FlatMapOperator, GeneratorSource, MapOperator, NullSink, OnError, StdinSource,
     StdoutSink,
 };
-use crate::builtins::windows::{timestamp_of, RecordWindowAgg, WindowAggSpec, WindowSide};
 use crate::record::{Record, RecordKey, Value};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -63,9 +63,10 @@ fn add_source<S: Source<Out = Record>>(
     let field = spec.field.clone();
     // A record without a usable time does not move the watermark; the window that
     // reads it fails with a message naming the field.
-    let mut strategy = WatermarkStrategy::bounded_out_of_orderness(spec.out_of_orderness, move |r: &Record| {
-        timestamp_of(r, &field).unwrap_or(MIN_WATERMARK)
-    });
+    let mut strategy =
+        WatermarkStrategy::bounded_out_of_orderness(spec.out_of_orderness, move |r: &Record| {
+            timestamp_of(r, &field).unwrap_or(MIN_WATERMARK)
+        });
     if let Some(idle) = spec.idle_timeout {
         strategy = strategy.with_idleness(idle);
     }
@@ -222,9 +223,8 @@ pub fn build(t: &Topology) -> BuiltJob {
                     )
                 });
                 // The window's results and late records part right after it (chained).
-                let results = graph.add_operator(&format!("{name}.results"), |_| WindowSide {
-                    late: false,
-                });
+                let results =
+                    graph.add_operator(&format!("{name}.results"), |_| WindowSide { late: false });
                 graph.connect(window, results, Partitioning::default_for_edge());
                 let mut sides = vec![window];
                 if spec.late.is_some() {

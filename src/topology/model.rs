@@ -726,13 +726,20 @@ const WINDOW_KEYS: &[&str] = &[
 
 /// A duration: an integer of milliseconds, or a string with a unit
 /// (`"250ms"`, `"10s"`, `"5m"`, `"1h"`, `"1d"`).
-fn duration(r: &mut Reader, key: &str, example: &str) -> Result<Option<(Duration, Origin)>, Problem> {
+fn duration(
+    r: &mut Reader,
+    key: &str,
+    example: &str,
+) -> Result<Option<(Duration, Origin)>, Problem> {
     let Some(v) = r.get(key) else { return Ok(None) };
     let bad = |found: String| {
-        Problem::new(&v.at, format!("`{key}` in {} must be a duration, found {found}", r.what))
-            .fix(format!(
-                "write it like `{key} = {example}` (units: ms, s, m, h, d; a bare integer is ms)"
-            ))
+        Problem::new(
+            &v.at,
+            format!("`{key}` in {} must be a duration, found {found}", r.what),
+        )
+        .fix(format!(
+            "write it like `{key} = {example}` (units: ms, s, m, h, d; a bare integer is ms)"
+        ))
     };
     let ms = match &v.kind {
         Kind::Int(i) if *i >= 0 => *i as u64,
@@ -749,7 +756,11 @@ fn duration(r: &mut Reader, key: &str, example: &str) -> Result<Option<(Duration
                 "d" => 86_400_000,
                 _ => return Err(bad(format!("\"{text}\""))),
             };
-            match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(unit_ms)) {
+            match digits
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(unit_ms))
+            {
                 Some(ms) => ms,
                 None => return Err(bad(format!("\"{text}\""))),
             }
@@ -786,16 +797,21 @@ fn parse_window(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind, P
     let (kind, kind_at) = r.required_string("kind", "\"tumbling\"")?;
     let positive = |r: &mut Reader, key: &str, example: &str| -> Result<i64, Problem> {
         match duration(r, key, example)? {
-            Some((d, at)) if d.is_zero() => Err(Problem::new(&at, format!("`{key}` in {} must be positive", r.what))
-                .fix(format!("write it like `{key} = {example}`"))),
+            Some((d, at)) if d.is_zero() => Err(Problem::new(
+                &at,
+                format!("`{key}` in {} must be positive", r.what),
+            )
+            .fix(format!("write it like `{key} = {example}`"))),
             Some((d, _)) => Ok(millis(d)),
             None => Err(r.missing(key, example)),
         }
     };
     let refuse = |r: &mut Reader, key: &str, why: &str| -> Result<(), Problem> {
         if r.has(key) {
-            return Err(Problem::new(&r.key_at(key), format!("{} has no `{key}`: {why}", r.what))
-                .fix(format!("remove `{key}`")));
+            return Err(
+                Problem::new(&r.key_at(key), format!("{} has no `{key}`: {why}", r.what))
+                    .fix(format!("remove `{key}`")),
+            );
         }
         Ok(())
     };
@@ -803,21 +819,30 @@ fn parse_window(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind, P
         "tumbling" => {
             refuse(r, "slide", "tumbling windows slide by their size")?;
             refuse(r, "gap", "only session windows have a gap")?;
-            WindowKind::Sliding(Slicing::tumbling(positive(r, "size", "\"1m\"")?).expect("positive"))
+            WindowKind::Sliding(
+                Slicing::tumbling(positive(r, "size", "\"1m\"")?).expect("positive"),
+            )
         }
         "sliding" => {
             refuse(r, "gap", "only session windows have a gap")?;
             let size = positive(r, "size", "\"1h\"")?;
             let slide = positive(r, "slide", "\"1m\"")?;
             let slicing = Slicing::sliding(size, slide).map_err(|e| {
-                Problem::new(&r.key_at("slide"), e).fix("make `slide` at most `size` (equal sizes are tumbling windows)")
+                Problem::new(&r.key_at("slide"), e)
+                    .fix("make `slide` at most `size` (equal sizes are tumbling windows)")
             })?;
             WindowKind::Sliding(slicing)
         }
         "session" => {
-            refuse(r, "size", "a session lasts while records keep coming; set its `gap`")?;
+            refuse(
+                r,
+                "size",
+                "a session lasts while records keep coming; set its `gap`",
+            )?;
             refuse(r, "slide", "only sliding windows slide")?;
-            WindowKind::Session { gap: positive(r, "gap", "\"30s\"")? }
+            WindowKind::Session {
+                gap: positive(r, "gap", "\"30s\"")?,
+            }
         }
         other => {
             let fix = match closest(other, KINDS) {
@@ -838,8 +863,11 @@ fn parse_window(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind, P
     };
     let timestamp = r.string("timestamp", "\"ts\"")?;
     if processing_time && timestamp.is_some() {
-        return Err(Problem::new(&r.key_at("timestamp"), format!("{} works in processing time: it reads no timestamp", r.what))
-            .fix("remove `timestamp`, or `time = \"processing\"` to window by event time"));
+        return Err(Problem::new(
+            &r.key_at("timestamp"),
+            format!("{} works in processing time: it reads no timestamp", r.what),
+        )
+        .fix("remove `timestamp`, or `time = \"processing\"` to window by event time"));
     }
     if let Some((f, at)) = &timestamp {
         reads.push(FieldRef::new(f, at, "timestamp"));
@@ -857,7 +885,9 @@ fn parse_window(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind, P
                 Some(k) => format!("did you mean `{k}`?"),
                 None => format!("the window aggregates are: {}", AGGREGATES.join(", ")),
             };
-            return Err(Problem::new(&agg_at, format!("unknown window aggregate `{other}`")).fix(fix));
+            return Err(
+                Problem::new(&agg_at, format!("unknown window aggregate `{other}`")).fix(fix),
+            );
         }
     };
     let field = if aggregate == AggKind::Count {
@@ -873,8 +903,10 @@ fn parse_window(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind, P
         .map_or_else(|| Arc::from(aggregate.name()), |(s, _)| Arc::from(s));
     let allowed_lateness = match duration(r, "allowed_lateness", "\"30s\"")? {
         Some((_, at)) if processing_time => {
-            return Err(Problem::new(&at, "processing-time windows have no late records")
-                .fix("remove `allowed_lateness`, or window by event time"))
+            return Err(
+                Problem::new(&at, "processing-time windows have no late records")
+                    .fix("remove `allowed_lateness`, or window by event time"),
+            )
         }
         Some((d, _)) => millis(d),
         None => 0,
@@ -1227,14 +1259,22 @@ fn validate(job: &JobConfig, nodes: &mut [Node], text: &str) -> Result<(), Probl
     validate_graph(job, nodes, text)?;
     let defaults = check_windows(nodes)?;
     for (i, field) in defaults {
-        let NodeKind::Window(spec) = &nodes[i].kind else { continue };
+        let NodeKind::Window(spec) = &nodes[i].kind else {
+            continue;
+        };
         let mut spec = (**spec).clone();
         spec.timestamp = Some(Arc::from(field.as_str()));
         let at = nodes[i].id_at.clone();
-        nodes[i].reads.push(FieldRef::new(&field, &at, "timestamp (the source's)"));
+        nodes[i]
+            .reads
+            .push(FieldRef::new(&field, &at, "timestamp (the source's)"));
         nodes[i].kind = NodeKind::Window(Arc::new(spec));
     }
-    let by_id: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let by_id: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
     check_fields(nodes, &by_id)
 }
 
@@ -1393,7 +1433,12 @@ fn validate_graph(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Pro
 }
 
 /// The sources a node reads from, directly or through other nodes.
-fn sources_upstream<'n>(i: usize, nodes: &'n [Node], by_id: &HashMap<&str, usize>, out: &mut Vec<&'n Node>) {
+fn sources_upstream<'n>(
+    i: usize,
+    nodes: &'n [Node],
+    by_id: &HashMap<&str, usize>,
+    out: &mut Vec<&'n Node>,
+) {
     let n = &nodes[i];
     if n.role == Role::Source {
         if !out.iter().any(|s| s.id == n.id) {
@@ -1410,14 +1455,27 @@ fn sources_upstream<'n>(i: usize, nodes: &'n [Node], by_id: &HashMap<&str, usize
 /// `timestamp` reads their field (returned, per window, to fill in). A `late` sink
 /// reads only its window.
 fn check_windows(nodes: &[Node]) -> Result<Vec<(usize, String)>, Problem> {
-    let by_id: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let by_id: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
     let mut defaults = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
-        let NodeKind::Window(spec) = &n.kind else { continue };
+        let NodeKind::Window(spec) = &n.kind else {
+            continue;
+        };
         if let Some((late, at)) = &spec.late {
-            let ok = by_id.get(late.as_str()).map(|&j| &nodes[j]).filter(|s| s.role == Role::Sink);
+            let ok = by_id
+                .get(late.as_str())
+                .map(|&j| &nodes[j])
+                .filter(|s| s.role == Role::Sink);
             let Some(sink) = ok else {
-                let sinks: Vec<&str> = nodes.iter().filter(|s| s.role == Role::Sink).map(|s| s.id.as_str()).collect();
+                let sinks: Vec<&str> = nodes
+                    .iter()
+                    .filter(|s| s.role == Role::Sink)
+                    .map(|s| s.id.as_str())
+                    .collect();
                 return Err(Problem::new(at, format!("`late` of window `{}` names `{late}`, which is not a sink", n.id))
                     .fix(match closest(late, &sinks) {
                         Some(s) => format!("did you mean `{s}`?"),
@@ -1440,10 +1498,21 @@ fn check_windows(nodes: &[Node]) -> Result<Vec<(usize, String)>, Problem> {
                 .fix(format!("add `timestamp = \"FIELD\"` (and e.g. `out_of_orderness = \"5s\"`) to source `{}`, or set `time = \"processing\"` on the window", untimed.id)));
         }
         if spec.timestamp.is_none() {
-            let fields: Vec<&str> = sources.iter().filter_map(|s| s.event_time.as_ref()).map(|e| &*e.field).collect();
+            let fields: Vec<&str> = sources
+                .iter()
+                .filter_map(|s| s.event_time.as_ref())
+                .map(|e| &*e.field)
+                .collect();
             if fields.iter().any(|f| *f != fields[0]) {
-                return Err(Problem::new(&n.id_at, format!("the sources of window `{}` keep event time in different fields ({})", n.id, fields.join(", ")))
-                    .fix("name the field this window reads: `timestamp = \"FIELD\"`"));
+                return Err(Problem::new(
+                    &n.id_at,
+                    format!(
+                        "the sources of window `{}` keep event time in different fields ({})",
+                        n.id,
+                        fields.join(", ")
+                    ),
+                )
+                .fix("name the field this window reads: `timestamp = \"FIELD\"`"));
             }
             defaults.push((i, fields[0].to_string()));
         }
@@ -1551,7 +1620,11 @@ fn check_fields(nodes: &[Node], by_id: &HashMap<&str, usize>) -> Result<(), Prob
                     NodeKind::KeyBy(k) => k.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
                     _ => Vec::new(),
                 };
-                for name in [crate::builtins::windows::WINDOW_START, crate::builtins::windows::WINDOW_END, &spec.output] {
+                for name in [
+                    crate::builtins::windows::WINDOW_START,
+                    crate::builtins::windows::WINDOW_END,
+                    &spec.output,
+                ] {
                     if !f.iter().any(|x| x == name) {
                         f.push(name.to_string());
                     }

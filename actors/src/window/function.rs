@@ -359,7 +359,9 @@ where
         pane: Vec<In>,
         out: &mut dyn FnMut(Out),
     ) -> anyhow::Result<()> {
-        (self.function)(key, &window, pane).into_iter().for_each(out);
+        (self.function)(key, &window, pane)
+            .into_iter()
+            .for_each(out);
         Ok(())
     }
 }

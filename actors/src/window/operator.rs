@@ -35,11 +35,14 @@ pub enum WindowKind {
     Session { gap: i64 },
 }
 
+/// Reads a record's event time.
+pub type TimestampFn<T> = Arc<dyn Fn(&T) -> anyhow::Result<EventTime> + Send + Sync>;
+
 /// Which clock places records in windows and fires them.
 pub enum WindowTime<T> {
     /// The record's event time; windows fire on the watermark. An `Err` (a record
     /// without a usable time) fails the subtask with its message.
-    Event(Arc<dyn Fn(&T) -> anyhow::Result<EventTime> + Send + Sync>),
+    Event(TimestampFn<T>),
     /// The wall clock when the record arrives; windows fire on processing-time timers.
     Processing,
 }
@@ -140,9 +143,7 @@ where
         match (self.domain(), register) {
             (TimeDomain::EventTime, true) => ctx.register_event_time_timer_in(&due, time),
             (TimeDomain::EventTime, false) => ctx.delete_event_time_timer_in(&due, time),
-            (TimeDomain::ProcessingTime, true) => {
-                ctx.register_processing_time_timer_in(&due, time)
-            }
+            (TimeDomain::ProcessingTime, true) => ctx.register_processing_time_timer_in(&due, time),
             (TimeDomain::ProcessingTime, false) => ctx.delete_processing_time_timer_in(&due, time),
         }
     }
@@ -156,8 +157,9 @@ where
     ) -> anyhow::Result<()> {
         let Some(pane) = pane else { return Ok(()) };
         let key = ctx.key().clone();
-        self.function
-            .emit(&key, window, pane, &mut |r| ctx.emit(WindowOutput::Result(r)))
+        self.function.emit(&key, window, pane, &mut |r| {
+            ctx.emit(WindowOutput::Result(r))
+        })
     }
 
     /// A window is done firing (on time or late): clean up now or after the lateness.
