@@ -641,22 +641,29 @@ fn a_failed_window_job_resumed_from_its_checkpoint_gives_the_failure_free_result
 // ---------------------------------------------------------------------------------
 // Processing time
 
-/// 40 polls of 25 records, 5 ms apart: about 200 ms of wall clock.
+/// 40 rounds of 25 records, at least 5 ms apart: about 200 ms of wall clock. (A
+/// source may be polled again before its `Pending` delay, so it keeps the time.)
 struct Paced {
-    polls: usize,
+    rounds: usize,
+    last: Option<std::time::Instant>,
 }
 
 impl Source for Paced {
     type Out = Event;
     fn poll(&mut self, ctx: &mut Context<'_, Event>, _max: usize) -> anyhow::Result<SourcePoll> {
-        if self.polls == 40 {
+        if self.rounds == 40 {
             return Ok(SourcePoll::Finished);
         }
+        let pause = Duration::from_millis(5);
+        if self.last.is_some_and(|last| last.elapsed() < pause) {
+            return Ok(SourcePoll::Pending(Duration::from_millis(1)));
+        }
+        self.last = Some(std::time::Instant::now());
         for i in 0..25 {
             ctx.emit(((i % 3) as u32, 0, 1));
         }
-        self.polls += 1;
-        Ok(SourcePoll::Pending(Duration::from_millis(5)))
+        self.rounds += 1;
+        Ok(SourcePoll::Pending(pause))
     }
 }
 
@@ -669,12 +676,15 @@ fn processing_time_windows_count_every_record_once_by_the_wall_clock() {
         ..JobConfig::default()
     });
     let sink = out.clone();
-    job.source("paced", |_| Paced { polls: 0 })
-        .parallelism(1)
-        .key_by(|e| e.0)
-        .window(Windows::tumbling(Duration::from_millis(40)).processing_time())
-        .count("counts")
-        .sink("collect", move |_| Collect(sink.clone()));
+    job.source("paced", |_| Paced {
+        rounds: 0,
+        last: None,
+    })
+    .parallelism(1)
+    .key_by(|e| e.0)
+    .window(Windows::tumbling(Duration::from_millis(40)).processing_time())
+    .count("counts")
+    .sink("collect", move |_| Collect(sink.clone()));
     let started = weir::EventTime::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
