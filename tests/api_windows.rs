@@ -173,6 +173,7 @@ struct Outputs {
     sliding_values: Vec<(u32, Window, Vec<i64>)>,
     session_stats: Vec<Windowed<u32, (u64, i64, i64, i64)>>,
     session_min: Vec<Windowed<u32, i64>>,
+    session_values: Vec<(u32, Window, Vec<i64>)>,
     late_tumbling: Vec<Event>,
     late_sliding: Vec<Event>,
     late_sessions: Vec<Event>,
@@ -283,11 +284,24 @@ fn run(batches: Arc<Vec<Vec<Event>>>, r: Run) -> (Result<(), JobError>, Outputs)
         .sink("c5", move |_| Collect(out.clone()));
     let out = c.5.clone();
     events
+        .clone()
         .key_by(|e| e.0)
         .window(sessions())
         .allowed_lateness(lateness)
         .min("session-min", |e| e.2)
         .sink("c6", move |_| Collect(out.clone()));
+    let session_values = collector();
+    let out = session_values.clone();
+    events
+        .key_by(|e| e.0)
+        .window(sessions())
+        .allowed_lateness(lateness)
+        .process("session-values", |k: &u32, w: &Window, records: Vec<Event>| {
+            let mut values: Vec<i64> = records.iter().map(|e| e.2).collect();
+            values.sort_unstable();
+            Some((*k, *w, values))
+        })
+        .sink("c7", move |_| Collect(out.clone()));
     let result = job.run().map(|_| ());
     let outputs = Outputs {
         tumbling_count: taken(&c.0),
@@ -296,6 +310,7 @@ fn run(batches: Arc<Vec<Vec<Event>>>, r: Run) -> (Result<(), JobError>, Outputs)
         sliding_values: taken(&c.3),
         session_stats: taken(&c.4),
         session_min: taken(&c.5),
+        session_values: taken(&session_values),
         late_tumbling: taken(&c.6),
         late_sliding: taken(&c.7),
         late_sessions: taken(&c.8),
@@ -498,6 +513,19 @@ fn check(disorder: Disorder, parallelism: u32, backend: StateBackendChoice, late
     assert_eq!(
         final_sessions(finals(&triples(&out.session_min), once)),
         min,
+        "{what}"
+    );
+    let session_values: BTreeMap<_, Vec<i64>> = sessions
+        .iter()
+        .map(|(k, v)| {
+            let mut v = v.clone();
+            v.sort_unstable();
+            (*k, v)
+        })
+        .collect();
+    assert_eq!(
+        final_sessions(finals(&out.session_values, once)),
+        session_values,
         "{what}"
     );
 
