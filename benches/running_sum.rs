@@ -7,7 +7,12 @@
 //!     WEIR_BENCH_RECORDS=100000000 WEIR_BENCH_RUNS=1 cargo bench --bench running_sum
 //!     WEIR_BENCH_CHECKPOINT_MS=1000 cargo bench --bench running_sum  # aligned checkpoints
 //!     WEIR_BENCH_BACKEND=rocksdb cargo bench --bench running_sum
+//!     WEIR_BENCH_CHECKPOINT_MS=1000 WEIR_BENCH_MODE=unaligned cargo bench --bench running_sum
+//!     WEIR_BENCH_CHECKPOINT_MS=1000 WEIR_BENCH_FAIL_AT=5000000 cargo bench --bench running_sum
+//!         # one injected failure per run: prints the recovery time (failure → running)
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::config::StateBackendChoice;
 use weir::state::checkpoints::list_checkpoint_ids;
@@ -15,19 +20,24 @@ use weir::state::LocalCheckpointStorage;
 use weir::CheckpointConfig;
 use weir::{Context, JobConfig, Sink, Source, SourcePoll, StreamJob, SubtaskInfo};
 
-/// Subtask j of p emits i = j, j+p, j+2p, … below `end`.
+/// Subtask j of p emits i = j, j+p, j+2p, … below `end`; the first subtask to reach
+/// `fail_at` while `armed` fails once.
 struct Sequence {
     next: u64,
     step: u64,
     end: u64,
+    fail_at: u64,
+    armed: Arc<AtomicBool>,
 }
 
 impl Sequence {
-    fn new(info: &SubtaskInfo, end: u64) -> Self {
+    fn new(info: &SubtaskInfo, end: u64, fail_at: u64, armed: Arc<AtomicBool>) -> Self {
         Sequence {
             next: info.index as u64,
             step: info.parallelism as u64,
             end,
+            fail_at,
+            armed,
         }
     }
 }
@@ -35,6 +45,9 @@ impl Sequence {
 impl Source for Sequence {
     type Out = u64;
     fn poll(&mut self, ctx: &mut Context<'_, u64>, max: usize) -> anyhow::Result<SourcePoll> {
+        if self.next >= self.fail_at && self.armed.swap(false, Ordering::SeqCst) {
+            anyhow::bail!("injected failure at record {}", self.next);
+        }
         for _ in 0..max {
             if self.next >= self.end {
                 return Ok(SourcePoll::Finished);
@@ -43,6 +56,15 @@ impl Source for Sequence {
             self.next += self.step;
         }
         Ok(SourcePoll::Ready)
+    }
+
+    fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(Some(self.next.to_le_bytes().to_vec()))
+    }
+
+    fn restore_position(&mut self, position: &[u8]) -> anyhow::Result<()> {
+        self.next = u64::from_le_bytes(position.try_into()?);
+        Ok(())
     }
 }
 
@@ -78,6 +100,12 @@ fn main() {
     let keys = env("WEIR_BENCH_KEYS", 100_000);
     let runs = env("WEIR_BENCH_RUNS", 5);
     let checkpoint_ms = env("WEIR_BENCH_CHECKPOINT_MS", 0);
+    let fail_at = env("WEIR_BENCH_FAIL_AT", u64::MAX);
+    let mode = match std::env::var("WEIR_BENCH_MODE").as_deref() {
+        Ok("unaligned") => weir::CheckpointMode::Unaligned,
+        Ok("at_least_once") => weir::CheckpointMode::AtLeastOnce,
+        _ => weir::CheckpointMode::Aligned,
+    };
     let backend = match std::env::var("WEIR_BENCH_BACKEND").as_deref() {
         Ok("rocksdb") => StateBackendChoice::RocksDb,
         _ => StateBackendChoice::Memory,
@@ -91,10 +119,14 @@ fn main() {
     }
     let mut rates = Vec::new();
     let mut checkpoints = Vec::new();
+    let mut recoveries = Vec::new();
+    let mut durations = Vec::new();
     for run in 1..=runs {
+        let armed = Arc::new(AtomicBool::new(fail_at < records));
         let dir = tempfile::tempdir().expect("a temporary checkpoint directory");
         let checkpoint = (checkpoint_ms > 0).then(|| CheckpointConfig {
             interval: Duration::from_millis(checkpoint_ms),
+            mode,
             ..CheckpointConfig::new(dir.path())
         });
         let job = StreamJob::new(JobConfig {
@@ -102,17 +134,38 @@ fn main() {
             workers: 2,
             state_backend: backend,
             checkpoint,
+            restart: Some(weir::RestartStrategy::FixedDelay {
+                attempts: 1,
+                delay_ms: 0,
+            }),
             ..JobConfig::default()
         });
-        job.source("generator", move |info| Sequence::new(info, records))
-            .map("pair", move |i| (i % keys, i))
-            .key_by(|(key, _)| *key)
-            .reduce("sum", |(key, sum), (_, i)| (*key, sum + i))
-            .sink("null", |_| Discard);
+        job.source("generator", move |info| {
+            Sequence::new(info, records, fail_at, armed.clone())
+        })
+        .map("pair", move |i| (i % keys, i))
+        .key_by(|(key, _)| *key)
+        .reduce("sum", |(key, sum), (_, i)| (*key, sum + i))
+        .sink("null", |_| Discard);
         let started = Instant::now();
         let report = job.run().expect("benchmark job runs");
         let seconds = started.elapsed().as_secs_f64();
-        assert_eq!(report.operator("null").map(|o| o.records_in), Some(records));
+        if report.restarts == 0 {
+            assert_eq!(report.operator("null").map(|o| o.records_in), Some(records));
+        }
+        durations.extend(
+            report
+                .checkpoint_durations
+                .iter()
+                .map(|d| d.as_secs_f64() * 1e3),
+        );
+        for recovery in &report.recoveries {
+            println!(
+                "run {run}: recovered in {:.1} ms",
+                recovery.as_secs_f64() * 1e3
+            );
+            recoveries.push(recovery.as_secs_f64() * 1e3);
+        }
         let rate = records as f64 / seconds;
         if checkpoint_ms > 0 {
             let storage = LocalCheckpointStorage::new(dir.path()).expect("checkpoint storage");
@@ -131,6 +184,24 @@ fn main() {
         rates.push(rate);
     }
     rates.sort_by(f64::total_cmp);
+    if !recoveries.is_empty() {
+        recoveries.sort_by(f64::total_cmp);
+        println!(
+            "recovery (failure → every subtask running again) median={:.1} ms min={:.1} max={:.1}",
+            recoveries[recoveries.len() / 2],
+            recoveries[0],
+            recoveries[recoveries.len() - 1]
+        );
+    }
+    if !durations.is_empty() {
+        durations.sort_by(f64::total_cmp);
+        println!(
+            "checkpoint duration ({mode:?}, {} checkpoints, final ones included) median={:.1} ms max={:.1} ms",
+            durations.len(),
+            durations[durations.len() / 2],
+            durations[durations.len() - 1]
+        );
+    }
     if checkpoint_ms > 0 {
         println!("checkpoints completed per run (every {checkpoint_ms} ms): {checkpoints:?}");
     }

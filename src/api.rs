@@ -35,7 +35,7 @@ use weir_actors::{
     Context, Data, JobConfig, JobError, JobGraph, JobMetrics, JobReport, Key, KeyedOperator,
     NodeDescription, NodeId, Operator, Partitioning, Sink, Source, SubtaskInfo, WatermarkStrategy,
 };
-use weir_actors::{EventTime, KeyedContext};
+use weir_actors::{EventTime, JobControl, KeyedContext};
 use weir_state::{KeyedBackend, ValueState, ValueStateDescriptor};
 
 /// A job being built; `run` executes it.
@@ -86,6 +86,12 @@ impl StreamJob {
 
     /// Runs the job; returns when all bounded input is processed, or on the first failure.
     pub fn run(self) -> Result<JobReport, JobError> {
+        self.run_with(JobControl::new())
+    }
+
+    /// Runs the job like [`StreamJob::run`]; keep a clone of `control` to stop the
+    /// job with a savepoint from another thread.
+    pub fn run_with(self, control: JobControl) -> Result<JobReport, JobError> {
         let graph = Rc::try_unwrap(self.graph)
             .map_err(|_| {
                 JobError::InvalidGraph(
@@ -93,7 +99,7 @@ impl StreamJob {
                 )
             })?
             .into_inner();
-        graph.run()
+        graph.run_with(control)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The `weir` command line: `weir run FILE`, `weir validate FILE`.
+//! The `weir` command line: `weir run FILE`, `weir validate FILE`,
+//! `weir checkpoints list DIR`, `weir checkpoints inspect PATH`.
 //!
 //! Exit codes: 0 success, 1 the job failed while running, 2 a bad topology or bad
 //! usage. Every error is one message on stderr, without a backtrace. Logs go to
@@ -47,9 +48,21 @@ pub enum Command {
         no_progress: bool,
         /// With a [checkpoint] table: start from the beginning instead of resuming
         /// from the latest checkpoint.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "restore")]
         fresh: bool,
+        /// Start from this checkpoint (a `chk-<id>` directory, from any job's
+        /// checkpoint dir) instead of the latest one: at any parallelism up to
+        /// max_parallelism, with either state backend.
+        #[arg(long, value_name = "PATH")]
+        restore: Option<PathBuf>,
+        /// Restore even if the checkpoint holds state of operators the topology no
+        /// longer has (that state is dropped).
+        #[arg(long)]
+        allow_non_restored_state: bool,
     },
+    /// Show the checkpoints of a checkpoint directory.
+    #[command(subcommand)]
+    Checkpoints(CheckpointsCommand),
     /// Check a topology and print the resolved graph: parallelism, partitioning,
     /// chaining.
     Validate {
@@ -58,6 +71,28 @@ pub enum Command {
         /// Override a setting: `job.KEY=VALUE` or `NODE_ID.KEY=VALUE` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointsCommand {
+    /// One line per checkpoint: id, completion time, size, and whether a restore
+    /// can use it (every file is verified; a damaged one says which file and why).
+    List {
+        /// A checkpoint directory (the `dir` of a [checkpoint] table).
+        dir: PathBuf,
+        /// Print JSON (an array of objects) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything one checkpoint holds, per operator and subtask: key groups, keyed
+    /// state handles, operator state, source splits, extra files, channel state.
+    Inspect {
+        /// A checkpoint: `DIR/chk-<id>` (or its `_metadata`).
+        path: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -74,13 +109,20 @@ pub fn main() -> ExitCode {
             set,
             no_progress,
             fresh,
+            restore,
+            allow_non_restored_state,
         } => run(
             &file,
             &set,
             !no_progress && std::io::stderr().is_terminal(),
-            fresh,
+            Start {
+                fresh,
+                restore,
+                allow_non_restored_state,
+            },
         ),
         Command::Validate { file, set } => validate(&file, &set),
+        Command::Checkpoints(command) => checkpoints(command),
     }
 }
 
@@ -223,8 +265,40 @@ fn validate(file: &std::path::Path, set: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `weir checkpoints list|inspect`: exit 0, or 2 when the path holds nothing to show.
+fn checkpoints(command: CheckpointsCommand) -> ExitCode {
+    use crate::checkpoint_report as report;
+    let (text, json) = match command {
+        CheckpointsCommand::List { dir, json } => match report::list(&dir) {
+            Ok(l) => (
+                report::render_list(&dir, &l),
+                json.then(|| serde_json::to_string_pretty(&l)),
+            ),
+            Err(e) => return usage_error(&e),
+        },
+        CheckpointsCommand::Inspect { path, json } => match report::inspect(&path) {
+            Ok(d) => (
+                report::render_details(&d),
+                json.then(|| serde_json::to_string_pretty(&d)),
+            ),
+            Err(e) => return usage_error(&e),
+        },
+    };
+    match json {
+        Some(Ok(json)) => println!("{json}"),
+        Some(Err(e)) => return usage_error(&format!("cannot encode JSON: {e}")),
+        None => print!("{text}"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
 /// A left-aligned text table.
-fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -255,6 +329,10 @@ fn job_error(t: &Topology, e: &JobError) -> ExitCode {
             eprintln!("error: {}: {msg}", t.path);
             ExitCode::from(2)
         }
+        JobError::Restore(msg) => {
+            eprintln!("error: job `{}`: cannot restore: {msg}", t.job.name);
+            ExitCode::from(2)
+        }
         other => {
             eprintln!("error: job `{}` failed: {other}", t.job.name);
             ExitCode::from(1)
@@ -262,14 +340,25 @@ fn job_error(t: &Topology, e: &JobError) -> ExitCode {
     }
 }
 
-fn run(file: &std::path::Path, set: &[String], progress: bool, fresh: bool) -> ExitCode {
+/// Where `weir run` starts from.
+struct Start {
+    /// Ignore the checkpoints in the checkpoint dir.
+    fresh: bool,
+    /// Start from this checkpoint.
+    restore: Option<PathBuf>,
+    allow_non_restored_state: bool,
+}
+
+fn run(file: &std::path::Path, set: &[String], progress: bool, start: Start) -> ExitCode {
     let mut t = match load(file, set) {
         Ok(t) => t,
         Err(code) => return code,
     };
     if let Some(checkpoint) = t.job.checkpoint.as_mut() {
-        checkpoint.resume = !fresh;
+        checkpoint.resume = !start.fresh;
     }
+    t.job.restore_from = start.restore;
+    t.job.allow_non_restored_state = start.allow_non_restored_state;
     let BuiltJob {
         graph, bad_records, ..
     } = topology::build(&t);
@@ -288,7 +377,11 @@ fn run(file: &std::path::Path, set: &[String], progress: bool, fresh: bool) -> E
         let metrics = metrics.clone();
         std::thread::spawn(move || progress_loop(&metrics, &stop_rx))
     });
-    let result = graph.run();
+    let control = weir_actors::JobControl::new();
+    if t.job.checkpoint.is_some() {
+        stop_with_savepoint_on_signal(control.clone());
+    }
+    let result = graph.run_with(control);
     drop(stop_tx);
     if let Some(h) = progress_thread {
         let _ = h.join();
@@ -296,9 +389,32 @@ fn run(file: &std::path::Path, set: &[String], progress: bool, fresh: bool) -> E
     match result {
         Ok(report) => {
             eprint!("{}", summary(&t, &report, &bad_records));
+            if let Some(savepoint) = &report.savepoint {
+                eprintln!(
+                    "stopped with savepoint {} (run the job again to resume from it)",
+                    savepoint.display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => job_error(&t, &e),
+    }
+}
+
+/// The first SIGINT or SIGTERM stops the job with a savepoint; a second one exits at
+/// once (the job then resumes from its latest checkpoint).
+fn stop_with_savepoint_on_signal(control: weir_actors::JobControl) {
+    let signals = std::sync::atomic::AtomicU32::new(0);
+    let installed = ctrlc::set_handler(move || {
+        if signals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            eprintln!("stopping with a savepoint (signal again to exit at once)");
+            control.stop_with_savepoint();
+        } else {
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = installed {
+        tracing::warn!(error = %e, "cannot handle SIGINT/SIGTERM: a signal kills the job without a savepoint");
     }
 }
 
@@ -446,8 +562,10 @@ mod tests {
                 set,
                 no_progress,
                 fresh,
+                restore,
+                allow_non_restored_state,
             } => {
-                assert!(!fresh);
+                assert!(!fresh && restore.is_none() && !allow_non_restored_state);
                 assert_eq!(file, PathBuf::from("job.toml"));
                 assert_eq!(set, ["job.parallelism=4", "src.path=x.csv"]);
                 assert!(!no_progress);

@@ -14,14 +14,15 @@ pub use weir_actors::config;
 pub use weir_actors::window;
 pub use weir_actors::window::{AggregateFunction, Window, Windowed};
 pub use weir_actors::{
-    CheckpointConfig, CheckpointMode, Context, Data, EventTime, FiredTimer, JobConfig, JobError,
-    JobMetrics, JobReport, Key, KeyedContext, KeyedOperator, NodeDescription, Operator,
-    OperatorReport, Sink, Source, SourcePoll, SubtaskInfo, TimeDomain, WatermarkStrategy,
-    MAX_WATERMARK, MIN_WATERMARK,
+    CheckpointConfig, CheckpointMode, Context, Data, EventTime, FiredTimer, JobConfig, JobControl,
+    JobError, JobMetrics, JobReport, Key, KeyedContext, KeyedOperator, NodeDescription, Operator,
+    OperatorReport, RestartStrategy, Sink, Source, SourcePoll, SubtaskInfo, TimeDomain,
+    WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
 };
 /// Keyed and operator state: descriptors, handles, backends (re-exported `weir-state`).
 pub use weir_state as state;
 pub mod builtins;
+pub mod checkpoint_report;
 pub mod cli;
 pub mod expr;
 pub mod record;

@@ -51,6 +51,8 @@ impl Source for Timed {
 struct QuietAfterOne {
     sent: bool,
     until: Arc<AtomicBool>,
+    /// Set just before it finishes.
+    ended: Arc<AtomicBool>,
 }
 
 impl Source for QuietAfterOne {
@@ -65,6 +67,7 @@ impl Source for QuietAfterOne {
             ctx.emit((0, -1));
         }
         if self.until.load(Ordering::SeqCst) {
+            self.ended.store(true, Ordering::SeqCst);
             return Ok(SourcePoll::Finished);
         }
         Ok(SourcePoll::Pending(Duration::from_millis(2)))
@@ -78,9 +81,10 @@ struct Observed {
     records: u64,
 }
 
-/// Records the watermarks it sees and every record at or before the watermark.
+/// Records the watermarks it sees (until `until` is set, if given) and every record at
+/// or before the watermark.
 #[derive(Default)]
-struct Observe(Observed);
+struct Observe(Observed, Option<Arc<AtomicBool>>);
 
 impl KeyedOperator for Observe {
     type Key = i64;
@@ -104,7 +108,13 @@ impl KeyedOperator for Observe {
         watermark: EventTime,
         _ctx: &mut KeyedContext<'_, i64, Observed>,
     ) -> anyhow::Result<()> {
-        self.0.watermarks.push(watermark);
+        if !self
+            .1
+            .as_ref()
+            .is_some_and(|until| until.load(Ordering::SeqCst))
+        {
+            self.0.watermarks.push(watermark);
+        }
         Ok(())
     }
 
@@ -210,7 +220,7 @@ impl weir::Operator for PassThrough {
     }
 }
 
-/// The highest watermark `observe` saw before the end of input.
+/// The highest watermark `observe` saw while the quiet source was still running.
 fn highest_watermark_before_end(idle_timeout: Option<Duration>) -> EventTime {
     let out = Arc::new(Mutex::new(Vec::new()));
     let job = StreamJob::new(JobConfig {
@@ -232,15 +242,22 @@ fn highest_watermark_before_end(idle_timeout: Option<Duration>) -> EventTime {
         Some(timeout) => strategy(0).with_idleness(timeout),
         None => strategy(0),
     };
+    // Once the quiet source has ended, the watermark may jump to the busy one's:
+    // only what is seen while it lives counts.
+    let quiet_ended = Arc::new(AtomicBool::new(false));
+    let ended = quiet_ended.clone();
     let quiet = job.source_with_watermarks("quiet", quiet_strategy, move |_| QuietAfterOne {
         sent: false,
         until: done.clone(),
+        ended: ended.clone(),
     });
     let sink = out.clone();
     busy.union(vec![quiet.rebalance()])
         .process("merge", |_| PassThrough)
         .key_by(|(_, origin)| *origin)
-        .process("observe", |_| Observe::default())
+        .process("observe", move |_| {
+            Observe(Observed::default(), Some(quiet_ended.clone()))
+        })
         .sink("collect", move |_| Collect(sink.clone()));
     job.run().unwrap();
     let observed = out.lock().unwrap();

@@ -9,14 +9,15 @@
 //! and the reference can tell late records from on-time ones.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir::config::StateBackendChoice;
 use weir::window::{AggregateFunction, Window, Windowed};
 use weir::{
-    CheckpointConfig, Context, EventTime, JobConfig, JobError, Sink, Source, SourcePoll, StreamJob,
-    WatermarkStrategy, Windows, MIN_WATERMARK,
+    CheckpointConfig, Context, EventTime, JobConfig, JobError, JobReport, RestartStrategy, Sink,
+    Source, SourcePoll, StreamJob, WatermarkStrategy, Windows, MIN_WATERMARK,
 };
 
 /// (key, event time, value)
@@ -184,15 +185,17 @@ struct Run {
     backend: StateBackendChoice,
     lateness: i64,
     checkpoint: Option<CheckpointConfig>,
+    restart: Option<RestartStrategy>,
     fail_before: Option<(usize, Arc<AtomicBool>)>,
 }
 
-fn run(batches: Arc<Vec<Vec<Event>>>, r: Run) -> (Result<(), JobError>, Outputs) {
+fn run(batches: Arc<Vec<Vec<Event>>>, r: Run) -> (Result<JobReport, JobError>, Outputs) {
     let job = StreamJob::new(JobConfig {
         parallelism: r.parallelism,
         workers: 2,
         state_backend: r.backend,
         checkpoint: r.checkpoint,
+        restart: r.restart,
         ..JobConfig::default()
     });
     let strategy = WatermarkStrategy::bounded_out_of_orderness(
@@ -296,13 +299,16 @@ fn run(batches: Arc<Vec<Vec<Event>>>, r: Run) -> (Result<(), JobError>, Outputs)
         .key_by(|e| e.0)
         .window(sessions())
         .allowed_lateness(lateness)
-        .process("session-values", |k: &u32, w: &Window, records: Vec<Event>| {
-            let mut values: Vec<i64> = records.iter().map(|e| e.2).collect();
-            values.sort_unstable();
-            Some((*k, *w, values))
-        })
+        .process(
+            "session-values",
+            |k: &u32, w: &Window, records: Vec<Event>| {
+                let mut values: Vec<i64> = records.iter().map(|e| e.2).collect();
+                values.sort_unstable();
+                Some((*k, *w, values))
+            },
+        )
         .sink("c7", move |_| Collect(out.clone()));
-    let result = job.run().map(|_| ());
+    let result = job.run();
     let outputs = Outputs {
         tumbling_count: taken(&c.0),
         tumbling_avg: taken(&c.1),
@@ -453,6 +459,7 @@ fn check(disorder: Disorder, parallelism: u32, backend: StateBackendChoice, late
             backend,
             lateness,
             checkpoint: None,
+            restart: None,
             fail_before: None,
         },
     );
@@ -574,7 +581,7 @@ fn late_records_within_the_allowed_lateness_update_their_windows() {
 // Failure and resume
 
 #[test]
-fn a_failed_window_job_resumed_from_its_checkpoint_at_another_parallelism_gives_the_failure_free_results() {
+fn a_failed_window_job_recovers_from_its_checkpoint_with_the_failure_free_results() {
     let batches = Arc::new(input(Disorder::WithinBound, 6_000, 99));
     let plain = |r: Run| run(batches.clone(), r);
     let (clean, expected) = plain(Run {
@@ -582,93 +589,94 @@ fn a_failed_window_job_resumed_from_its_checkpoint_at_another_parallelism_gives_
         backend: StateBackendChoice::Memory,
         lateness: 0,
         checkpoint: None,
+        restart: None,
         fail_before: None,
     });
     clean.unwrap();
 
-    // The resumed run also rescales the windows: their panes and timers follow their
-    // key groups to the new subtasks.
+    let checkpointed = |backend, parallelism, restart, dir: &Path, armed: &Arc<AtomicBool>| {
+        plain(Run {
+            parallelism,
+            backend,
+            lateness: 0,
+            checkpoint: Some(CheckpointConfig {
+                interval: Duration::from_millis(15),
+                ..CheckpointConfig::new(dir)
+            }),
+            restart,
+            fail_before: Some((batches.len() / 2, armed.clone())),
+        })
+    };
+
+    // A run that fails (no restarts), then a run on the same checkpoints that
+    // resumes at another parallelism: panes and timers follow their key groups.
     for (backend, rescaled) in [
         (StateBackendChoice::Memory, 3),
         (StateBackendChoice::RocksDb, 1),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let armed = Arc::new(AtomicBool::new(true));
-        let attempt = |parallelism: u32| {
-            plain(Run {
-                parallelism,
-                backend,
-                lateness: 0,
-                checkpoint: Some(CheckpointConfig {
-                    interval: Duration::from_millis(15),
-                    ..CheckpointConfig::new(dir.path())
-                }),
-                fail_before: Some((batches.len() / 2, armed.clone())),
-            })
-        };
-        let (first, before) = attempt(2);
+        let no_restarts = Some(RestartStrategy::None);
+        let (first, before) = checkpointed(backend, 2, no_restarts.clone(), dir.path(), &armed);
         assert!(first.unwrap_err().to_string().contains("injected failure"));
-        let (second, after) = attempt(rescaled);
+        let (second, after) = checkpointed(backend, rescaled, no_restarts, dir.path(), &armed);
         second.expect("the resumed run completes");
         assert!(
             !after.tumbling_count.is_empty()
                 && after.tumbling_count.len() < expected.tumbling_count.len(),
             "the second run resumed instead of starting over"
         );
-
-        // The collecting sink is at-least-once: windows that fired after the last
-        // checkpoint of the failed run fire again in the resumed run. Deduplicate by
-        // (key, window), requiring that repeated emissions agree.
-        fn union<V: Clone + PartialEq + std::fmt::Debug>(
-            a: &[(u32, Window, V)],
-            b: &[(u32, Window, V)],
-        ) -> BTreeMap<(u32, Window), V> {
-            let mut out = BTreeMap::new();
-            for (k, w, v) in a.iter().chain(b) {
-                if let Some(previous) = out.insert((*k, *w), v.clone()) {
-                    assert_eq!(&previous, v, "a repeated window result differs");
-                }
-            }
-            out
-        }
-        let once = |r: &[Windowed<u32, i64>]| finals(&triples(r), true);
-        assert_eq!(
-            union(
-                &triples(&before.tumbling_count),
-                &triples(&after.tumbling_count)
-            ),
-            finals(&triples(&expected.tumbling_count), true)
-        );
-        assert_eq!(
-            union(&triples(&before.sliding_sum), &triples(&after.sliding_sum)),
-            once(&expected.sliding_sum)
-        );
-        assert_eq!(
-            union(&before.sliding_values, &after.sliding_values),
-            finals(&expected.sliding_values, true)
-        );
-        assert_eq!(
-            union(
-                &triples(&before.session_stats),
-                &triples(&after.session_stats)
-            ),
-            finals(&triples(&expected.session_stats), true)
-        );
-        let sessions_seen: BTreeSet<_> = before
-            .session_min
-            .iter()
-            .chain(&after.session_min)
-            .map(|w| (w.key, w.window))
-            .collect();
-        assert_eq!(
-            sessions_seen,
-            expected
-                .session_min
-                .iter()
-                .map(|w| (w.key, w.window))
-                .collect()
-        );
+        assert_same_windows(&[&before, &after], &expected);
     }
+
+    // The same failure restarted in-process from the latest checkpoint (the default
+    // for a checkpointed job).
+    for backend in [StateBackendChoice::Memory, StateBackendChoice::RocksDb] {
+        let dir = tempfile::tempdir().unwrap();
+        let armed = Arc::new(AtomicBool::new(true));
+        let (report, out) = checkpointed(backend, 2, None, dir.path(), &armed);
+        assert_eq!(report.expect("the job recovers").restarts, 1);
+        assert_same_windows(&[&out], &expected);
+    }
+}
+
+/// The windows emitted by `runs` together equal the failure-free ones. The
+/// collecting sink is at-least-once: windows that fired after the checkpoint a run
+/// resumed from fire again. So results are deduplicated by (key, window), and
+/// repeated emissions must agree.
+fn assert_same_windows(runs: &[&Outputs], expected: &Outputs) {
+    fn union<V: Clone + PartialEq + std::fmt::Debug>(
+        runs: impl Iterator<Item = Vec<(u32, Window, V)>>,
+    ) -> BTreeMap<(u32, Window), V> {
+        let mut out = BTreeMap::new();
+        for (k, w, v) in runs.flatten() {
+            if let Some(previous) = out.insert((k, w), v.clone()) {
+                assert_eq!(previous, v, "a repeated window result differs");
+            }
+        }
+        out
+    }
+    let once = |r: &[Windowed<u32, i64>]| finals(&triples(r), true);
+    assert_eq!(
+        union(runs.iter().map(|r| triples(&r.tumbling_count))),
+        finals(&triples(&expected.tumbling_count), true)
+    );
+    assert_eq!(
+        union(runs.iter().map(|r| triples(&r.sliding_sum))),
+        once(&expected.sliding_sum)
+    );
+    assert_eq!(
+        union(runs.iter().map(|r| r.sliding_values.clone())),
+        finals(&expected.sliding_values, true)
+    );
+    assert_eq!(
+        union(runs.iter().map(|r| triples(&r.session_stats))),
+        finals(&triples(&expected.session_stats), true)
+    );
+    assert_eq!(
+        union(runs.iter().map(|r| r.session_values.clone())),
+        finals(&expected.session_values, true)
+    );
 }
 
 // ---------------------------------------------------------------------------------

@@ -104,7 +104,9 @@ fn rocksdb_state_lives_in_the_state_dir_per_subtask() {
         2,
         Some(dir.path().to_path_buf()),
     );
-    let mut subtask_dirs: Vec<String> = std::fs::read_dir(dir.path())
+    // Each attempt (a restart is a new one) works in a directory of its own.
+    let attempt = dir.path().join("attempt-0");
+    let mut subtask_dirs: Vec<String> = std::fs::read_dir(&attempt)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with("count-"))
@@ -112,7 +114,7 @@ fn rocksdb_state_lives_in_the_state_dir_per_subtask() {
     subtask_dirs.sort();
     assert_eq!(subtask_dirs, vec!["count-0", "count-1"]);
     assert!(
-        dir.path().join("count-0/db").is_dir(),
+        attempt.join("count-0/db").is_dir(),
         "a RocksDB database per keyed subtask"
     );
 }

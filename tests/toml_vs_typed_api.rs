@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use weir::builtins::{
     AggKind, AggSpec, AggregateOperator, DecodeSpec, FileSource, FileSourceSpec, FlatMapOperator,
-    FlatMapSpec, OnError, SplitMode,
+    FlatMapSpec, InputFile, OnError, SplitMode,
 };
 use weir::record::{Record, RecordKey, Value};
 use weir::{JobConfig, Sink, StreamJob};
@@ -112,10 +112,13 @@ parallelism = 1
         ..JobConfig::default()
     });
     let source = Arc::new(FileSourceSpec {
-        path: input.clone(),
-        display: "in.txt".into(),
+        files: vec![InputFile {
+            path: input.clone(),
+            display: "in.txt".into(),
+        }],
         decode: Arc::new(DecodeSpec::text()),
         on_error: OnError::Fail,
+        splits: None,
     });
     let split = Arc::new(FlatMapSpec {
         field: Arc::from("line"),

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub use crate::checkpoint::barrier::CheckpointMode;
+pub use crate::checkpoint::restart::RestartStrategy;
 use std::time::Duration;
 use weir_state::key_group::DEFAULT_MAX_PARALLELISM;
 
@@ -33,6 +34,18 @@ pub struct JobConfig {
     pub state_dir: Option<PathBuf>,
     /// Periodic checkpoints; none when `None`.
     pub checkpoint: Option<CheckpointConfig>,
+    /// Start from this checkpoint directory (`…/chk-<id>`, in any storage) instead of
+    /// the latest one in the checkpoint dir: at any parallelism up to
+    /// `max_parallelism` (which must match the checkpoint's) and with either state
+    /// backend.
+    pub restore_from: Option<PathBuf>,
+    /// Start from a checkpoint even if it holds state of operators this job does not
+    /// have (that state is dropped); otherwise such a restore is refused.
+    pub allow_non_restored_state: bool,
+    /// What the supervisor does when a subtask fails. `None`: restart with
+    /// exponential backoff when the job checkpoints (from the latest checkpoint),
+    /// fail at once when it does not (a restart would replay the input from the start).
+    pub restart: Option<RestartStrategy>,
 }
 
 /// How and where a job checkpoints.
@@ -92,6 +105,9 @@ impl Default for JobConfig {
             state_backend: StateBackendChoice::Memory,
             state_dir: None,
             checkpoint: None,
+            restore_from: None,
+            allow_non_restored_state: false,
+            restart: None,
         }
     }
 }
@@ -103,6 +119,16 @@ impl JobConfig {
             default_workers()
         } else {
             self.workers
+        }
+    }
+
+    /// The restart strategy in force: the configured one, else the default for
+    /// whether the job checkpoints.
+    pub fn resolved_restart_strategy(&self) -> RestartStrategy {
+        match (&self.restart, &self.checkpoint) {
+            (Some(strategy), _) => strategy.clone(),
+            (None, Some(_)) => RestartStrategy::default(),
+            (None, None) => RestartStrategy::None,
         }
     }
 }

@@ -14,6 +14,10 @@ pub enum JobError {
         subtask: u32,
         cause: String,
     },
+    /// The checkpoint to start from is unusable (not a valid checkpoint, or it holds
+    /// state of operators the job lacks); the message names the path and the fix.
+    #[error("cannot restore: {0}")]
+    Restore(String),
     /// The runtime itself failed (a lost actor, a thread that could not start).
     #[error("runtime failure: {0}")]
     Runtime(String),

@@ -22,7 +22,7 @@ pub enum ChannelEvent<B> {
     /// watermark.
     Idle(bool),
     /// Checkpoint barrier: everything before it belongs to checkpoint `id`.
-    Barrier(crate::checkpoint::coordinator::CheckpointId),
+    Barrier(crate::checkpoint::coordinator::Barrier),
     EndOfInput,
 }
 
@@ -65,9 +65,22 @@ impl<B> OutputChannel<B> {
         }
     }
 
+    /// Put an event ahead of everything queued (an unaligned barrier overtaking).
+    pub fn push_front(&mut self, event: ChannelEvent<B>) {
+        self.queue.push_front(event);
+    }
+
     /// Events waiting for credit.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The batches waiting for credit, oldest first.
+    pub fn queued_batches(&self) -> impl Iterator<Item = &B> {
+        self.queue.iter().filter_map(|e| match e {
+            ChannelEvent::Batch(b) => Some(b),
+            _ => None,
+        })
     }
 }
 
@@ -85,6 +98,21 @@ mod tests {
             })
         });
         sent
+    }
+
+    #[test]
+    fn an_event_pushed_in_front_overtakes_batches_waiting_for_credit() {
+        let mut channel = OutputChannel::new(1);
+        for b in 0..3 {
+            channel.push(ChannelEvent::Batch(b));
+        }
+        assert_eq!(drain(&mut channel), vec![Some(0)]);
+        channel.push_front(ChannelEvent::EndOfInput);
+        assert_eq!(drain(&mut channel), vec![None], "sent without credit");
+        assert_eq!(
+            channel.queued_batches().copied().collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]

@@ -43,6 +43,10 @@ impl<E> InputGate<E> {
         None
     }
 
+    pub fn channels(&self) -> usize {
+        self.queues.len()
+    }
+
     pub fn block(&mut self, channel: usize) {
         self.blocked[channel] = true;
     }

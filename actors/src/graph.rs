@@ -2,16 +2,22 @@
 //! their partitioning. Types are checked when the graph is planned, so the downcasts
 //! at the chain boundaries cannot fail at run time.
 
+use crate::channel_state::ChannelState;
 use crate::config::JobConfig;
 use crate::config::StateBackendChoice;
+use crate::control::JobControl;
 use crate::error::{JobError, StageError};
 use crate::metrics::{JobMetrics, JobReport, OperatorCounters};
-use crate::operator::{Data, Key, KeyFn, KeyedOperator, Operator, Sink, Source, SubtaskInfo};
+use crate::network::AnyBatch;
+use crate::operator::{
+    Data, Key, KeyFn, KeyedOperator, Operator, Sink, Source, SubtaskInfo, SOURCE_SPLITS_STATE,
+};
 use crate::partition::{KeyHashFn, Partitioner};
 use crate::plan::{plan, EdgeKind, NodeKind, Plan, PlanEdge, PlanNode};
+use crate::restore::Restore;
 use crate::stage::{
-    file_safe, guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage, SinkStage,
-    SourceHead, SourceStage, StageCore, Tee, TypedHead, POSITION,
+    file_safe, guarded, BoxedInput, InputHead, KeyedStage, NetworkOutput, OperatorStage,
+    RestoredSplits, SinkStage, SourceHead, SourceStage, StageCore, Tee, TypedHead,
 };
 use crate::time::generator::{WatermarkGenerator, WatermarkStrategy};
 use std::any::Any;
@@ -19,10 +25,11 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use weir_state::handle::{CheckpointMetadata, OperatorSnapshot};
+use weir_state::handle::OperatorSnapshot;
 use weir_state::key_group::hash_key;
 use weir_state::{
-    BackendKind, CheckpointStorage, KeyGroupRange, KeyedBackend, KeyedBackendConfig, RocksDbOptions,
+    BackendKind, CheckpointStorage, KeyGroupRange, KeyedBackend, KeyedBackendConfig,
+    OperatorStateStore, RocksDbOptions,
 };
 
 /// A node of the graph, as returned when it is added.
@@ -93,6 +100,9 @@ pub(crate) trait Port: Send + Sync {
     ) -> Box<dyn Any>;
     /// The network-facing head in front of a `BoxedInput<T>` (behind `Any`).
     fn head(&self, first: Box<dyn Any>) -> Box<dyn InputHead>;
+    /// A batch of this type as channel state bytes, and back.
+    fn encode(&self, batch: &AnyBatch) -> Result<Vec<u8>, String>;
+    fn decode(&self, bytes: &[u8]) -> Result<AnyBatch, String>;
 }
 
 struct TypedPort<T>(PhantomData<fn() -> T>);
@@ -152,6 +162,19 @@ impl<T: Data> Port for TypedPort<T> {
     fn head(&self, first: Box<dyn Any>) -> Box<dyn InputHead> {
         Box::new(TypedHead(take_input::<T>(first)))
     }
+
+    fn encode(&self, batch: &AnyBatch) -> Result<Vec<u8>, String> {
+        let records = batch
+            .downcast_ref::<Vec<T>>()
+            .expect("edge types are checked when the graph is planned");
+        postcard::to_allocvec(records).map_err(|e| format!("cannot encode in-flight records: {e}"))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<AnyBatch, String> {
+        let records: Vec<T> = postcard::from_bytes(bytes)
+            .map_err(|e| format!("cannot decode in-flight records: {e}"))?;
+        Ok(Box::new(records))
+    }
 }
 
 fn port<T: Data>() -> Arc<dyn Port> {
@@ -200,7 +223,7 @@ impl<S: Source> NodeSpec for SourceSpec<S> {
         env: &BuildEnv,
     ) -> Result<Built, StageError> {
         let source = make(&self.0, &info)?;
-        let restore = env.source_position(&info)?;
+        let restore = env.source_splits(&info)?;
         let next = take_input::<S::Out>(next.expect("a source feeds something"));
         let watermarks = self
             .1
@@ -212,6 +235,7 @@ impl<S: Source> NodeSpec for SourceSpec<S> {
             watermarks,
             storage: env.storage.clone(),
             restore,
+            event_time_ended: false,
         })))
     }
 }
@@ -274,14 +298,19 @@ impl<S: Sink> NodeSpec for SinkSpec<S> {
     }
 }
 
+/// The name under which a subtask's in-flight records (unaligned checkpoints) are
+/// kept, in the snapshot of its chain's first operator.
+pub(crate) const CHANNELS: &str = "channels";
+
 /// What building a subtask's chain needs beyond the node itself.
 pub(crate) struct BuildEnv {
     pub backend: StateBackendChoice,
     /// This job run's local state directory.
     pub state_dir: PathBuf,
+    /// Where this run's snapshots go.
     pub storage: Arc<dyn CheckpointStorage>,
     /// The checkpoint this run continues from.
-    pub restore: Option<CheckpointMetadata>,
+    pub restore: Option<Restore>,
 }
 
 impl BuildEnv {
@@ -295,7 +324,11 @@ impl BuildEnv {
 
     /// What the checkpoint being restored holds for this operator, if anything.
     fn restored(&self, info: &SubtaskInfo) -> Option<&OperatorSnapshot> {
-        self.restore.as_ref()?.operators.get(info.operator.as_ref())
+        self.restore
+            .as_ref()?
+            .metadata
+            .operators
+            .get(info.operator.as_ref())
     }
 
     /// The keyed state backend of one subtask, for the key groups it owns, restored
@@ -326,7 +359,8 @@ impl BuildEnv {
             None => Vec::new(),
         };
         let config = KeyedBackendConfig::new(name, range, info.max_parallelism);
-        KeyedBackend::open(&kind, config, &handles, self.storage.as_ref()).map_err(|e| {
+        let restore_storage = self.restore.as_ref().map_or(&self.storage, |r| &r.storage);
+        KeyedBackend::open(&kind, config, &handles, restore_storage.as_ref()).map_err(|e| {
             Self::failure(
                 info,
                 format!("cannot open its {:?} state backend: {e}", self.backend),
@@ -334,33 +368,81 @@ impl BuildEnv {
         })
     }
 
-    /// The position a restored source subtask continues from.
-    fn source_position(&self, info: &SubtaskInfo) -> Result<Option<Vec<u8>>, StageError> {
-        let Some(old) = self.restored(info) else {
+    /// The in-flight data an unaligned checkpoint kept for the subtask whose chain
+    /// starts with `head`.
+    pub fn channel_state(&self, head: &SubtaskInfo) -> Result<Option<ChannelState>, StageError> {
+        let Some(old) = self.restored(head) else {
             return Ok(None);
         };
-        if old.subtasks.len() != info.parallelism as usize {
+        let Some(snapshot) = old.subtasks.get(head.index as usize) else {
+            return Ok(None);
+        };
+        let Some((_, file)) = snapshot.extra.iter().find(|(name, _)| name == CHANNELS) else {
+            return Ok(None);
+        };
+        if old.subtasks.len() != head.parallelism as usize {
             return Err(Self::failure(
-                info,
+                head,
                 format!(
-                    "the checkpoint has this source at parallelism {}; sources resume only at the same parallelism",
+                    "the checkpoint holds in-flight records (unaligned) of this operator at parallelism {}: it restores only at that parallelism",
                     old.subtasks.len()
                 ),
             ));
         }
-        let snapshot = &old.subtasks[info.index as usize];
-        let Some((_, file)) = snapshot.extra.iter().find(|(name, _)| name == POSITION) else {
+        let storage = self.restore.as_ref().map_or(&self.storage, |r| &r.storage);
+        let bytes = storage
+            .read_file(file)
+            .map_err(|e| Self::failure(head, format!("cannot read its in-flight records: {e}")))?;
+        ChannelState::decode(&bytes)
+            .map(Some)
+            .map_err(|e| Self::failure(head, e))
+    }
+
+    /// This source subtask's share of the restored checkpoint's splits: the lists of
+    /// every old subtask, concatenated and cut into contiguous parts (weir-state's
+    /// split redistribution), so any parallelism covers them exactly once.
+    fn source_splits(&self, info: &SubtaskInfo) -> Result<Option<RestoredSplits>, StageError> {
+        let Some(restore) = &self.restore else {
+            return Ok(None);
+        };
+        let Some(old) = self.restored(info) else {
+            if info.index == 0 {
+                tracing::warn!(
+                    source = %info.operator,
+                    checkpoint = restore.metadata.checkpoint_id,
+                    "the checkpoint holds no splits of this source: it starts from the beginning of its input"
+                );
+            }
+            return Ok(None);
+        };
+        let handles = old.operator_handles();
+        if handles.iter().all(Option::is_none) {
             return Err(Self::failure(
                 info,
-                "the checkpoint holds no position for this source: it cannot resume (start with a fresh run)".into(),
+                "the checkpoint holds no splits for this source: it cannot resume (start with a fresh run)".into(),
             ));
-        };
-        self.storage.read_file(file).map(Some).map_err(|e| {
+        }
+        let splits = (|| {
+            let mut store = OperatorStateStore::restore(
+                &handles,
+                info.index as usize,
+                info.parallelism as usize,
+                restore.storage.as_ref(),
+            )?;
+            store
+                .list_state::<Vec<u8>>(SOURCE_SPLITS_STATE)?
+                .get(&mut store)
+        })()
+        .map_err(|e| {
             Self::failure(
                 info,
-                format!("cannot read its position from the checkpoint: {e}"),
+                format!("cannot read its splits from the checkpoint: {e}"),
             )
-        })
+        })?;
+        Ok(Some(RestoredSplits {
+            splits,
+            checkpoint_parallelism: old.subtasks.len(),
+        }))
     }
 }
 
@@ -609,6 +691,11 @@ impl JobGraph {
 
     /// Runs the job to completion on its own actor system; blocks until then.
     pub fn run(self) -> Result<JobReport, JobError> {
-        crate::job::execute(self)
+        crate::job::execute(self, JobControl::new())
+    }
+
+    /// Runs the job like [`JobGraph::run`]; `control` can stop it with a savepoint.
+    pub fn run_with(self, control: JobControl) -> Result<JobReport, JobError> {
+        crate::job::execute(self, control)
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the protocols and invariants.
 
+mod channel_state;
 pub mod checkpoint;
 pub mod config;
+mod control;
+mod deploy;
 mod error;
 pub mod flow;
 pub mod gate;
@@ -15,18 +18,20 @@ pub mod network;
 pub mod operator;
 mod partition;
 pub mod plan;
+pub mod restore;
 pub mod sink;
 mod stage;
 mod subtask;
 pub mod time;
 pub mod window;
 
-pub use config::{CheckpointConfig, CheckpointMode, JobConfig};
+pub use config::{CheckpointConfig, CheckpointMode, JobConfig, RestartStrategy};
+pub use control::JobControl;
 pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
     Context, Data, EventTime, FiredTimer, Key, KeyedContext, KeyedOperator, Operator, Sink, Source,
-    SourcePoll, SubtaskInfo, TimeDomain, MAX_WATERMARK, MIN_WATERMARK,
+    SourcePoll, SubtaskInfo, TimeDomain, MAX_WATERMARK, MIN_WATERMARK, SOURCE_SPLITS_STATE,
 };
 pub use time::generator::WatermarkStrategy;

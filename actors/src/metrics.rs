@@ -35,6 +35,17 @@ pub struct OperatorReport {
 pub struct JobReport {
     pub operators: Vec<OperatorReport>,
     pub elapsed: Duration,
+    /// Times the supervisor restarted the job after a failure.
+    pub restarts: u32,
+    /// Checkpoints completed in this run (the final one included).
+    pub checkpoints: u64,
+    /// Per restart: from the failure to every subtask running again (restart delay
+    /// and state restore included).
+    pub recoveries: Vec<Duration>,
+    /// Each completed checkpoint's duration, trigger to durable metadata, in order.
+    pub checkpoint_durations: Vec<Duration>,
+    /// The savepoint the job stopped with (`JobControl::stop_with_savepoint`).
+    pub savepoint: Option<std::path::PathBuf>,
 }
 
 impl JobReport {

@@ -67,6 +67,22 @@ impl Network {
         self.pump(channel, before);
     }
 
+    /// Send an event ahead of everything waiting for credit on the channel.
+    pub fn send_first(&mut self, channel: usize, event: ChannelEvent<AnyBatch>) {
+        let before = self.channels[channel].queued();
+        self.channels[channel].push_front(event);
+        self.pump(channel, before);
+    }
+
+    pub fn channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The batches waiting for credit on a channel, oldest first.
+    pub fn queued_batches(&self, channel: usize) -> impl Iterator<Item = &AnyBatch> {
+        self.channels[channel].queued_batches()
+    }
+
     /// Credits came back: send what was waiting for them.
     pub fn grant(&mut self, channel: usize, batches: usize) {
         let before = self.channels[channel].queued();

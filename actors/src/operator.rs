@@ -353,9 +353,25 @@ pub enum SourcePoll {
     Finished,
 }
 
-/// A parallel source. Subtask `i` of `p` reads its share of the input (e.g. every
-/// `p`-th record of a generator, or its split of a file). Never block in `poll`:
-/// return [`SourcePoll::Pending`] instead, so control messages keep flowing.
+/// The operator-state list (split redistribution) in which a source subtask's
+/// splits are kept in a checkpoint: one element per split, the bytes
+/// [`Source::snapshot_splits`] returned.
+pub const SOURCE_SPLITS_STATE: &str = "source-splits";
+
+/// A parallel source. Subtask `i` of `p` reads its share of the input (e.g. its
+/// splits of a generator's sequence or of a file). Never block in `poll`: return
+/// [`SourcePoll::Pending`] instead, so control messages keep flowing.
+///
+/// **Checkpoints and rescaling** (Flink's FLIP-27 idea). A resumable source divides
+/// its input into *splits* (a range of a file, a residue class of a sequence), each
+/// with its own position, and reports them with [`Source::snapshot_splits`]. A
+/// restored job concatenates the splits of every old subtask (in subtask order),
+/// cuts the list into contiguous near-equal parts, one per new subtask, and hands
+/// each its part through [`Source::restore_splits`]: any parallelism then reads
+/// exactly the input the checkpoint had not covered. A source whose input is not
+/// divided can implement only [`Source::snapshot_position`] and
+/// [`Source::restore_position`] (one split per subtask): it resumes, but only at the
+/// parallelism it was checkpointed at.
 pub trait Source: Send + 'static {
     type Out: Data;
 
@@ -366,9 +382,30 @@ pub trait Source: Send + 'static {
     /// Emit at most `max` records.
     fn poll(&mut self, ctx: &mut Context<'_, Self::Out>, max: usize) -> anyhow::Result<SourcePoll>;
 
-    /// Where this source is in its input, taken at a checkpoint so a restarted job
-    /// continues exactly after the records the checkpoint covers. `None`: the source
-    /// cannot be resumed (restoring it then fails with a clear error).
+    /// This subtask's splits, each with its position, taken at a checkpoint (finished
+    /// splits may be kept, so they stay finished). `None`: the source cannot be
+    /// resumed. The default reports [`Source::snapshot_position`] as a single split.
+    fn snapshot_splits(&mut self) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
+        Ok(self.snapshot_position()?.map(|position| vec![position]))
+    }
+
+    /// Replaces this subtask's share of the input with `splits` (from
+    /// [`Source::snapshot_splits`] of any subtask of the checkpointed job; possibly
+    /// none). Called after `open`. The default hands a single split to
+    /// [`Source::restore_position`].
+    fn restore_splits(&mut self, splits: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        match <[Vec<u8>; 1]>::try_from(splits) {
+            Ok([position]) => self.restore_position(&position),
+            Err(splits) => anyhow::bail!(
+                "this source keeps one position per subtask, so it resumes only at the parallelism it was checkpointed at ({} positions arrived for this subtask); implement Source::snapshot_splits and restore_splits to rescale it",
+                splits.len()
+            ),
+        }
+    }
+
+    /// Where this subtask is in its input, for a source without splits: taken at a
+    /// checkpoint so a restarted job continues exactly after the records the
+    /// checkpoint covers. `None`: the source cannot be resumed.
     fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
         Ok(None)
     }
@@ -388,6 +425,13 @@ pub trait Sink: Send + 'static {
     }
 
     fn write(&mut self, record: Self::In) -> anyhow::Result<()>;
+
+    /// A checkpoint barrier reached the sink: make everything written so far durable
+    /// before the checkpoint can complete. Without it, records buffered before a
+    /// completed checkpoint would be lost by a crash: they are never replayed.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// Called once when every input has ended: flush everything.
     fn finish(&mut self) -> anyhow::Result<()> {

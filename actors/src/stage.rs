@@ -8,7 +8,7 @@
 //! operator and subtask it happened in. Watermarks and idleness pass down the chain
 //! after the records that precede them.
 
-use crate::checkpoint::coordinator::CheckpointId;
+use crate::checkpoint::coordinator::{Barrier, CheckpointId};
 use crate::error::{panic_message, StageError};
 use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
@@ -16,15 +16,16 @@ use crate::network::{AnyBatch, Network};
 use crate::operator::{
     event_time_of_timer, timer_time, Context, Data, EventTime, FiredTimer, KeyFn, KeyedContext,
     KeyedOperator, Operator, Sink, Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK,
+    SOURCE_SPLITS_STATE,
 };
 use crate::partition::Partitioner;
 use crate::time::generator::WatermarkGenerator;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
-use weir_state::storage::checkpoint_dir;
 use weir_state::{
-    AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, SnapshotKind, TimeDomain,
+    AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, OperatorStateStore,
+    TimeDomain,
 };
 
 /// What every piece of a chain does besides taking records: its lifecycle and its
@@ -40,7 +41,7 @@ pub trait ChainControl {
     /// outputs send it on every channel, behind the records before it.
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError>;
@@ -75,9 +76,6 @@ pub trait Input<T>: ChainControl {
 
 pub type BoxedInput<T> = Box<dyn Input<T>>;
 
-/// The name under which a source's position is kept in its subtask snapshot.
-pub const POSITION: &str = "position";
-
 /// A name made safe for file names: letters, digits and `-`; the rest become `_`.
 pub fn file_safe(name: &str) -> String {
     name.chars()
@@ -102,11 +100,11 @@ macro_rules! forward_checkpoints {
     ($($next:tt)+) => {
         fn checkpoint(
             &mut self,
-            id: CheckpointId,
+            barrier: Barrier,
             net: &mut Network,
             snapshots: &mut Vec<PendingSnapshot>,
         ) -> Result<(), StageError> {
-            self.$($next)+.checkpoint(id, net, snapshots)
+            self.$($next)+.checkpoint(barrier, net, snapshots)
         }
 
         fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -383,13 +381,14 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
+        let id = barrier.id;
         let keyed = self
             .backend
-            .snapshot(id, SnapshotKind::Checkpoint, self.storage.clone())
+            .snapshot(id, barrier.kind, self.storage.clone())
             .map_err(|e| StageError {
                 operator: self.core.info.operator.to_string(),
                 subtask: self.core.info.index,
@@ -405,7 +404,7 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
                 })
             }),
         });
-        self.core.next.checkpoint(id, net, snapshots)
+        self.core.next.checkpoint(barrier, net, snapshots)
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -510,11 +509,12 @@ impl<S: Sink> ChainControl for SinkStage<S> {
 
     fn checkpoint(
         &mut self,
-        _: CheckpointId,
+        _: Barrier,
         _: &mut Network,
         _: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        Ok(())
+        let sink = &mut self.sink;
+        guarded(&self.info, || sink.flush())
     }
 
     fn notify_checkpoint(&mut self, _: CheckpointId, _: bool) -> Result<(), StageError> {
@@ -622,11 +622,22 @@ impl<T: Data> ChainControl for NetworkOutput<T> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         _: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
-        self.send_to_all(net, || ChannelEvent::Barrier(id));
+        if barrier.unaligned {
+            // Ahead of the queued output, which the subtask then keeps as channel state.
+            self.flush(net);
+            for receiver in 0..self.buffers.len() {
+                net.send_first(
+                    self.first_channel + receiver,
+                    ChannelEvent::Barrier(barrier),
+                );
+            }
+        } else {
+            self.send_to_all(net, || ChannelEvent::Barrier(barrier));
+        }
         Ok(())
     }
 
@@ -686,13 +697,13 @@ impl<T: Data> ChainControl for Tee<T> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
         self.outputs
             .iter_mut()
-            .try_for_each(|o| o.checkpoint(id, net, snapshots))
+            .try_for_each(|o| o.checkpoint(barrier, net, snapshots))
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -765,17 +776,30 @@ impl<T: Data> ChainControl for TypedHead<T> {
 /// The head of a chain that starts with a source.
 pub trait SourceHead: ChainControl {
     fn poll(&mut self, max: usize, net: &mut Network) -> Result<SourcePoll, StageError>;
+    /// The input is exhausted: event time ends here (every timer downstream may
+    /// fire), even while the end of input itself is held back.
+    fn end_event_time(&mut self, net: &mut Network) -> Result<(), StageError>;
 }
 
 pub struct SourceStage<S: Source> {
     pub source: S,
     pub core: StageCore<S::Out>,
-    /// Where the source's position goes at checkpoints.
+    /// Where the source's splits go at checkpoints.
     pub storage: Arc<dyn CheckpointStorage>,
-    /// The position to continue from (a restored job).
-    pub restore: Option<Vec<u8>>,
+    /// This subtask's share of a restored checkpoint's splits.
+    pub restore: Option<RestoredSplits>,
     /// Assigns watermarks (and idleness) from the records' event times.
     pub watermarks: Option<WatermarkGenerator<S::Out>>,
+    /// `MAX_WATERMARK` has been sent.
+    pub event_time_ended: bool,
+}
+
+/// The splits a restored source subtask continues from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredSplits {
+    pub splits: Vec<Vec<u8>>,
+    /// How many subtasks the source had when the checkpoint was taken (for errors).
+    pub checkpoint_parallelism: usize,
 }
 
 impl<S: Source> SourceHead for SourceStage<S> {
@@ -809,6 +833,14 @@ impl<S: Source> SourceHead for SourceStage<S> {
         }
         Ok(status)
     }
+
+    fn end_event_time(&mut self, net: &mut Network) -> Result<(), StageError> {
+        if !self.event_time_ended {
+            self.event_time_ended = true;
+            self.core.next.on_watermark(MAX_WATERMARK, net)?;
+        }
+        Ok(())
+    }
 }
 
 impl<S: Source> ChainControl for SourceStage<S> {
@@ -817,7 +849,12 @@ impl<S: Source> ChainControl for SourceStage<S> {
         guarded(info, || {
             source.open(info)?;
             match restore {
-                Some(position) => source.restore_position(&position),
+                Some(restored) => source.restore_splits(restored.splits).map_err(|e| {
+                    e.context(format!(
+                        "cannot resume from the checkpoint (taken at parallelism {}, now {})",
+                        restored.checkpoint_parallelism, info.parallelism
+                    ))
+                }),
                 None => Ok(()),
             }
         })?;
@@ -826,32 +863,35 @@ impl<S: Source> ChainControl for SourceStage<S> {
 
     fn checkpoint(
         &mut self,
-        id: CheckpointId,
+        barrier: Barrier,
         net: &mut Network,
         snapshots: &mut Vec<PendingSnapshot>,
     ) -> Result<(), StageError> {
         let (source, info) = (&mut self.source, &self.core.info);
-        if let Some(position) = guarded(info, || source.snapshot_position())? {
-            let storage = self.storage.clone();
-            let path = format!(
-                "{}/{}-{}.position",
-                checkpoint_dir(id),
-                file_safe(&info.operator),
-                info.index
-            );
+        if let Some(splits) = guarded(info, || source.snapshot_splits())? {
+            // The splits are a split-redistributed operator-state list, so a restore
+            // at another parallelism deals them out like any such list.
+            let store = guarded(info, || {
+                let mut store = OperatorStateStore::new();
+                store
+                    .list_state::<Vec<u8>>(SOURCE_SPLITS_STATE)?
+                    .update(&mut store, &splits)?;
+                Ok(store)
+            })?;
+            let prefix = format!("{}-{}", file_safe(&info.operator), info.index);
+            let state = store.snapshot(barrier.id, &prefix, self.storage.clone());
             snapshots.push(PendingSnapshot {
                 operator: info.operator.to_string(),
                 snapshot: AsyncSnapshot::new(move || {
-                    let file = storage.write_file(&path, &position)?;
                     Ok(SubtaskSnapshot {
                         keyed: None,
-                        operator: None,
-                        extra: vec![(POSITION.to_string(), file)],
+                        operator: Some(state.run()?),
+                        extra: Vec::new(),
                     })
                 }),
             });
         }
-        self.core.next.checkpoint(id, net, snapshots)
+        self.core.next.checkpoint(barrier, net, snapshots)
     }
 
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
@@ -860,7 +900,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
         // The end of the input is the end of event time: every timer downstream fires.
-        self.core.next.on_watermark(MAX_WATERMARK, net)?;
+        self.end_event_time(net)?;
         self.core.next.finish(net)
     }
 

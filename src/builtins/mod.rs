@@ -18,6 +18,7 @@ pub use operators::{
 };
 pub use sinks::{FileSink, NullSink, SinkFormat, StdoutSink};
 pub use sources::{
-    FileSource, FileSourceSpec, GeneratorSource, GeneratorSpec, StdinSource, StdinSpec,
+    FileSource, FileSourceSpec, FileSplit, GeneratorSource, GeneratorSpec, GeneratorSplit,
+    InputFile, StdinSource, StdinSpec,
 };
 pub use windows::{RecordWindowAgg, WindowAggSpec, WindowSide};

@@ -63,7 +63,7 @@ impl StdoutSink {
         }
     }
 
-    fn flush(&mut self) -> anyhow::Result<()> {
+    fn write_buffer(&mut self) -> anyhow::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -95,13 +95,17 @@ impl Sink for StdoutSink {
         }
         encode(self.format, &record, &mut self.buf);
         if self.buf.len() >= FLUSH_BYTES {
-            self.flush()?;
+            self.write_buffer()?;
         }
         Ok(())
     }
 
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.write_buffer()
+    }
+
     fn finish(&mut self) -> anyhow::Result<()> {
-        self.flush()
+        self.write_buffer()
     }
 }
 
@@ -174,7 +178,7 @@ impl Sink for FileSink {
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
-    fn finish(&mut self) -> anyhow::Result<()> {
+    fn flush(&mut self) -> anyhow::Result<()> {
         if let Some(w) = self.writer.as_mut() {
             w.flush()
                 .with_context(|| format!("cannot write {}", self.path.display()))?;
@@ -183,6 +187,10 @@ impl Sink for FileSink {
                 .with_context(|| format!("cannot sync {}", self.path.display()))?;
         }
         Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Sink::flush(self)
     }
 }
 

@@ -83,8 +83,8 @@
 //!
 //! | type | keys | records |
 //! |---|---|---|
-//! | `generator` | `count` (total; absent = unbounded), `rate` (records/s over all subtasks; absent = as fast as possible), `seed` (default 0), `fields` (name → expression; default `{ i = "i" }`) | subtask k of p emits `i = k, k+p, …`; each field is an expression over `i` and earlier fields; `random_int(lo, hi)` and `random_float()` are seeded per record, so the output is the same at any parallelism |
-//! | `file` | `path`, `format` (`text`, `csv`, `json`; default from the extension), `field` (text: default `line`), `header` (csv: default true), `columns` (csv names), `delimiter` (csv: default `,`), `schema` (csv/json: `{ name = "string", age = "int" }`; types string, int, float, bool), `on_error`, `dead_letter_path` | bounded; subtask k of p reads the lines whose 0-based number n has `n % p == k` (every subtask reads the CSV header) |
+//! | `generator` | `count` (total; absent = unbounded), `rate` (records/s over all subtasks; absent = as fast as possible), `seed` (default 0), `fields` (name → expression; default `{ i = "i" }`), `splits` | the sequence is cut into `splits` splits (record `i` in split `i % splits`; default: max_parallelism), dealt out to the subtasks (fresh: subtask k of p gets splits k, k+p, …, so with p dividing `splits` it emits `i = k, k+p, …`); each field is an expression over `i` and earlier fields; `random_int(lo, hi)` and `random_float()` are seeded per record, so the output is the same at any parallelism |
+//! | `file` | `path`, `splits`, `format` (`text`, `csv`, `json`; default from the extension), `field` (text: default `line`), `header` (csv: default true), `columns` (csv names), `delimiter` (csv: default `,`), `schema` (csv/json: `{ name = "string", age = "int" }`; types string, int, float, bool), `on_error`, `dead_letter_path` | bounded; `path` may be a glob (`data/*.csv`: the matches in order); the files are cut into `splits` ranges of whole lines (default: max_parallelism; each file a share by size), fresh subtask k of p reads a contiguous part of them (a CSV header is read from each file) |
 //! | `stdin` | as `file` without `path` | parallelism 1; a reader thread fills a bounded channel of 1024 lines |
 //!
 //! CSV without a schema infers types (empty → null, `true`/`false`, integers, floats,
@@ -123,7 +123,7 @@
 //! | type | keys | writes |
 //! |---|---|---|
 //! | `stdout` | `format` (`json` default, `csv`) | whole lines under the stdout lock; one CSV header per job |
-//! | `file` | `path`, `format` (default from the extension: `.csv` → csv, else json) | at parallelism 1 the file `path`, else one file per subtask `stem-INDEX.ext`; created on start, flushed and synced at the end (at-least-once for now; exactly-once arrives with checkpoints) |
+//! | `file` | `path`, `splits`, `format` (default from the extension: `.csv` → csv, else json) | at parallelism 1 the file `path`, else one file per subtask `stem-INDEX.ext`; created on start, flushed and synced at the end (at-least-once for now; exactly-once arrives with checkpoints) |
 //! | `null` | — | nothing (records are still counted) |
 //!
 //! ### Expressions

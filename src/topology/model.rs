@@ -6,15 +6,15 @@ use super::closest;
 use super::doc::{self, Kind, Reader, Val};
 use super::error::{Origin, Problem, TopologyError};
 use crate::builtins::{
-    AggKind, DecodeSpec, FieldType, FileSourceSpec, FlatMapSpec, Format, GeneratorSpec, MapSpec,
-    OnError, SinkFormat, SplitMode, StdinSpec,
+    AggKind, DecodeSpec, FieldType, FileSourceSpec, FlatMapSpec, Format, GeneratorSpec, InputFile,
+    MapSpec, OnError, SinkFormat, SplitMode, StdinSpec,
 };
 use crate::expr::Expr;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use weir_actors::config::{CheckpointConfig, CheckpointMode, StateBackendChoice};
+use weir_actors::config::{CheckpointConfig, CheckpointMode, RestartStrategy, StateBackendChoice};
 use weir_actors::window::{Slicing, WindowKind};
 use weir_actors::JobConfig;
 use weir_state::key_group::MAX_MAX_PARALLELISM;
@@ -254,7 +254,7 @@ fn apply_overrides(document: &mut Val, sets: &[String]) -> Result<(), Problem> {
             );
         }
         let value = doc::parse_override_value(value.trim(), i);
-        if path[0] == "job" {
+        if path[0] == "job" || path[0] == "checkpoint" {
             doc::set_path(document, &path, value)
                 .map_err(|e| Problem::new(&at, format!("cannot set `{key}`: {e}")))?;
             continue;
@@ -268,7 +268,7 @@ fn apply_overrides(document: &mut Val, sets: &[String]) -> Result<(), Problem> {
                 let fix = match closest(path[0], &ids_ref) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!(
-                        "use `job` or a node id: {}",
+                        "use `job`, `checkpoint` or a node id: {}",
                         if ids.is_empty() {
                             "(none)".to_string()
                         } else {
@@ -316,7 +316,7 @@ fn find_node_mut<'a>(document: &'a mut Val, id: &str) -> (Option<&'a mut Val>, V
 // ---------------------------------------------------------------------------------
 // Parsing
 
-const TOP_KEYS: &[&str] = &["job", "checkpoint", "source", "operator", "sink"];
+const TOP_KEYS: &[&str] = &["job", "checkpoint", "restart", "source", "operator", "sink"];
 const CHECKPOINT_KEYS: &[&str] = &[
     "dir",
     "interval_ms",
@@ -354,6 +354,9 @@ fn parse_document(
     };
     if let Some(v) = top.get("checkpoint") {
         job.checkpoint = Some(parse_checkpoint(v, ctx)?);
+    }
+    if let Some(v) = top.get("restart") {
+        job.restart = Some(parse_restart(v)?);
     }
     let mut nodes = Vec::new();
     for role in [Role::Source, Role::Operator, Role::Sink] {
@@ -464,14 +467,16 @@ fn parse_checkpoint(v: &Val, ctx: &Ctx) -> Result<CheckpointConfig, Problem> {
         config.retain = n as usize;
     }
     if let Some((mode, at)) = r.string("mode", "\"aligned\"")? {
-        const MODES: &[&str] = &["aligned", "at_least_once"];
+        const MODES: &[&str] = &["aligned", "unaligned", "at_least_once"];
         config.mode = match mode.as_str() {
             "aligned" => CheckpointMode::Aligned,
+            "unaligned" => CheckpointMode::Unaligned,
             "at_least_once" => CheckpointMode::AtLeastOnce,
             _ => {
                 let fix = match closest(&mode, MODES) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None => "use `aligned` (exactly once) or `at_least_once`".to_string(),
+                    None => "use `aligned` or `unaligned` (exactly once), or `at_least_once`"
+                        .to_string(),
                 };
                 return Err(
                     Problem::new(&at, format!("unknown checkpoint mode `{mode}`")).fix(fix),
@@ -481,6 +486,97 @@ fn parse_checkpoint(v: &Val, ctx: &Ctx) -> Result<CheckpointConfig, Problem> {
     }
     r.finish(CHECKPOINT_KEYS)?;
     Ok(config)
+}
+
+/// `[restart]`: what the supervisor does when the job fails.
+fn parse_restart(v: &Val) -> Result<RestartStrategy, Problem> {
+    const STRATEGIES: &[&str] = &["none", "fixed_delay", "exponential_backoff", "failure_rate"];
+    let mut r = Reader::new("[restart]", v)?;
+    let (name, at) = r.required_string("strategy", "\"fixed_delay\"")?;
+    let millis = |r: &mut Reader, key: &str, default: u64| -> Result<u64, Problem> {
+        Ok(r.int(key, 0, 86_400_000, "1000")?
+            .map_or(default, |(ms, _)| ms as u64))
+    };
+    let (strategy, keys): (RestartStrategy, &[&str]) = match name.as_str() {
+        "none" => (RestartStrategy::None, &["strategy"]),
+        "fixed_delay" => (
+            RestartStrategy::FixedDelay {
+                attempts: r.u32("attempts", 0, u32::MAX, "3")?.map_or(3, |(n, _)| n),
+                delay_ms: millis(&mut r, "delay_ms", 1_000)?,
+            },
+            &["strategy", "attempts", "delay_ms"],
+        ),
+        "exponential_backoff" => {
+            let RestartStrategy::ExponentialBackoff {
+                initial_ms,
+                max_ms,
+                multiplier,
+                jitter,
+                reset_after_ms,
+            } = RestartStrategy::default()
+            else {
+                unreachable!("the default strategy is exponential backoff")
+            };
+            let multiplier = match r.float("multiplier", "2.0")? {
+                Some((m, at)) if m < 1.0 => {
+                    return Err(Problem::new(
+                        &at,
+                        format!("`multiplier` in [restart] must be at least 1, found {m}"),
+                    )
+                    .fix("write it like `multiplier = 2.0`"))
+                }
+                Some((m, _)) => m,
+                None => multiplier,
+            };
+            let jitter = match r.float("jitter", "0.1")? {
+                Some((j, at)) if !(0.0..=1.0).contains(&j) => {
+                    return Err(Problem::new(
+                        &at,
+                        format!("`jitter` in [restart] must be between 0 and 1, found {j}"),
+                    )
+                    .fix("write it like `jitter = 0.1` (± 10% of each delay)"))
+                }
+                Some((j, _)) => j,
+                None => jitter,
+            };
+            (
+                RestartStrategy::ExponentialBackoff {
+                    initial_ms: millis(&mut r, "initial_ms", initial_ms)?,
+                    max_ms: millis(&mut r, "max_ms", max_ms)?,
+                    multiplier,
+                    jitter,
+                    reset_after_ms: millis(&mut r, "reset_after_ms", reset_after_ms)?,
+                },
+                &[
+                    "strategy",
+                    "initial_ms",
+                    "max_ms",
+                    "multiplier",
+                    "jitter",
+                    "reset_after_ms",
+                ],
+            )
+        }
+        "failure_rate" => (
+            RestartStrategy::FailureRate {
+                max_failures: r
+                    .u32("max_failures", 0, u32::MAX, "3")?
+                    .map_or(3, |(n, _)| n),
+                interval_ms: millis(&mut r, "interval_ms", 60_000)?,
+                delay_ms: millis(&mut r, "delay_ms", 1_000)?,
+            },
+            &["strategy", "max_failures", "interval_ms", "delay_ms"],
+        ),
+        _ => {
+            let fix = match closest(&name, STRATEGIES) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("use one of: {}", STRATEGIES.join(", ")),
+            };
+            return Err(Problem::new(&at, format!("unknown restart strategy `{name}`")).fix(fix));
+        }
+    };
+    r.finish(keys)?;
+    Ok(strategy)
 }
 
 fn too_parallel(what: &str, p: u32, at: &Origin, max: u32) -> Problem {
@@ -591,7 +687,7 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
     let (kind, keys): (NodeKind, &[&str]) = match (role, type_name.as_str()) {
         (Role::Source, "generator") => (
             parse_generator(&mut r, ctx)?,
-            &["count", "rate", "seed", "fields"],
+            &["count", "rate", "seed", "fields", "splits"],
         ),
         (Role::Source, "file") => (parse_file_source(&mut r, ctx)?, FILE_KEYS),
         (Role::Source, "stdin") => {
@@ -926,6 +1022,7 @@ fn parse_window(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind, P
 
 const FILE_KEYS: &[&str] = &[
     "path",
+    "splits",
     "format",
     "field",
     "header",
@@ -963,6 +1060,7 @@ fn parse_generator(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
     let seed = r
         .int("seed", 0, i64::MAX, "42")?
         .map_or(0, |(s, _)| s as u64);
+    let splits = r.int("splits", 1, 1 << 20, "128")?.map(|(n, _)| n as u32);
     let fields = match r.string_table("fields", "{ key = \"i % 100\", value = \"1\" }")? {
         Some(entries) => {
             if entries.is_empty() {
@@ -986,20 +1084,23 @@ fn parse_generator(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
         rate,
         seed,
         fields,
+        splits,
     })))
 }
 
 fn parse_file_source(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
     let (p, at) = r.required_string("path", "\"data/input.txt\"")?;
-    let path = ctx.resolve(&p);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            return Err(Problem::new(&at, format!("`{p}` is not a file"))
-                .fix("point `path` at a file (one file per source)"))
-        }
-        Err(e) => {
-            return Err(Problem::new(
+    let files = if p.contains(['*', '?', '[']) {
+        glob_files(&p, &at, ctx)?
+    } else {
+        let path = ctx.resolve(&p);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(Problem::new(&at, format!("`{p}` is not a file"))
+                    .fix("point `path` at a file, or at several with a glob such as `data/*.csv`"))
+            }
+            Err(e) => return Err(Problem::new(
                 &at,
                 format!(
                     "cannot read input file `{p}` (resolved to {}): {e}",
@@ -1008,16 +1109,54 @@ fn parse_file_source(r: &mut Reader, ctx: &Ctx) -> Result<NodeKind, Problem> {
             )
             .fix(
                 "check the path; relative paths are resolved against the topology file's directory",
-            ))
+            )),
         }
-    }
-    let (decode, on_error) = parse_decode(r, ctx, Some(&path))?;
+        vec![InputFile { path, display: p }]
+    };
+    let splits = r.int("splits", 1, 1 << 20, "128")?.map(|(n, _)| n as u32);
+    let (decode, on_error) = parse_decode(r, ctx, Some(&files[0].path))?;
     Ok(NodeKind::File(Arc::new(FileSourceSpec {
-        display: p,
-        path,
+        files,
         decode,
         on_error,
+        splits,
     })))
+}
+
+/// The files a `path` glob matches, sorted; each named as the pattern is written
+/// (relative to the topology's directory when the pattern is).
+fn glob_files(pattern: &str, at: &Origin, ctx: &Ctx) -> Result<Vec<InputFile>, Problem> {
+    let resolved = ctx.resolve(pattern);
+    let matches = glob::glob(&resolved.to_string_lossy()).map_err(|e| {
+        Problem::new(at, format!("`{pattern}` is not a valid glob: {e}"))
+            .fix("use `*`, `?` and `[abc]` in the file name part, e.g. `data/*.csv`")
+    })?;
+    let mut files = Vec::new();
+    for entry in matches {
+        let path = entry.map_err(|e| {
+            Problem::new(at, format!("cannot read a match of `{pattern}`: {e}"))
+                .fix("check the permissions of the directories the glob reads")
+        })?;
+        if !path.is_file() {
+            continue;
+        }
+        let display = if Path::new(pattern).is_absolute() {
+            path.display().to_string()
+        } else {
+            path.strip_prefix(&ctx.base)
+                .unwrap_or(&path)
+                .display()
+                .to_string()
+        };
+        files.push(InputFile { path, display });
+    }
+    if files.is_empty() {
+        return Err(Problem::new(at, format!("`{pattern}` matches no file")).fix(
+            "check the pattern; relative paths are resolved against the topology file's directory",
+        ));
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
 }
 
 fn parse_decode(
@@ -1601,7 +1740,7 @@ fn check_fields(nodes: &[Node], by_id: &HashMap<&str, usize>) -> Result<(), Prob
             (NodeKind::Generator(g), _) => {
                 Fields::Known(g.fields.iter().map(|(f, _)| f.to_string()).collect())
             }
-            (NodeKind::File(spec), _) => decoded_fields(&spec.decode, Some(&spec.path)),
+            (NodeKind::File(spec), _) => decoded_fields(&spec.decode, Some(&spec.files[0].path)),
             (NodeKind::Stdin(spec), _) => decoded_fields(&spec.decode, None),
             (NodeKind::Aggregate { output, .. }, _) => {
                 // The key fields come from the key_by it reads.
@@ -1740,7 +1879,7 @@ fn check_paths(nodes: &[Node]) -> Result<(), Problem> {
     for n in nodes {
         match &n.kind {
             NodeKind::File(spec) => {
-                inputs.push((normalized(&spec.path), n));
+                inputs.extend(spec.files.iter().map(|f| (normalized(&f.path), n)));
                 if let OnError::DeadLetter(p) = &spec.on_error {
                     outputs.push((normalized(p), n, "its dead-letter file"));
                 }
@@ -1849,6 +1988,51 @@ input = "count"
         let e = err(&OK.replace("key = \"word\"", ""));
         assert!(
             e.to_string().contains("operator `by_word` needs `key`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_restart_table_chooses_the_strategy_with_defaults_for_what_it_omits() {
+        let with = |table: &str| OK.replace("[[source]]", &format!("{table}\n\n[[source]]"));
+        assert_eq!(parse(OK).unwrap().job.restart, None);
+        let t = parse(&with("[restart]\nstrategy = \"fixed_delay\"\nattempts = 5")).unwrap();
+        assert_eq!(
+            t.job.restart,
+            Some(RestartStrategy::FixedDelay {
+                attempts: 5,
+                delay_ms: 1_000
+            })
+        );
+        let t = parse(&with("[restart]\nstrategy = \"none\"")).unwrap();
+        assert_eq!(t.job.restart, Some(RestartStrategy::None));
+        let t = parse(&with(
+            "[restart]\nstrategy = \"exponential_backoff\"\ninitial_ms = 10\njitter = 0",
+        ))
+        .unwrap();
+        assert!(matches!(
+            t.job.restart,
+            Some(RestartStrategy::ExponentialBackoff { initial_ms: 10, max_ms: 10_000, jitter, .. }) if jitter == 0.0
+        ));
+        let e = err(&with("[restart]\nstrategy = \"fixed_dely\""));
+        assert!(
+            e.to_string()
+                .contains("unknown restart strategy `fixed_dely`"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("did you mean `fixed_delay`?"), "{e}");
+        let e = err(&with("[restart]\nstrategy = \"none\"\nattempts = 2"));
+        assert!(
+            e.to_string()
+                .contains("unknown key `attempts` in [restart]"),
+            "{e}"
+        );
+        let e = err(&with(
+            "[restart]\nstrategy = \"exponential_backoff\"\njitter = 2.5",
+        ));
+        assert!(
+            e.to_string()
+                .contains("`jitter` in [restart] must be between 0 and 1"),
             "{e}"
         );
     }

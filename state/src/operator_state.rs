@@ -114,6 +114,23 @@ impl OperatorStateStore {
         })
     }
 
+    /// Every list: its name, redistribution mode and elements (postcard bytes), by
+    /// name; for tools that show what a checkpoint holds.
+    pub fn lists(&self) -> impl Iterator<Item = (&str, RedistributionMode, &[Vec<u8>])> {
+        self.state
+            .lists
+            .iter()
+            .map(|(name, (mode, elements))| (name.as_str(), *mode, elements.as_slice()))
+    }
+
+    /// Every broadcast map: its name and number of entries, by name.
+    pub fn broadcast_maps(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.state
+            .broadcast
+            .iter()
+            .map(|(name, map)| (name.as_str(), map.len()))
+    }
+
     /// Synchronous part: copies the (small) state; the returned part writes the file.
     pub fn snapshot(
         &self,

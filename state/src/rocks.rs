@@ -774,9 +774,12 @@ impl<K: StateKey> KeyedStateBackend for RocksDbBackend<K> {
                     for file in files {
                         let local = staging.join(&file);
                         if file.ends_with(".sst") {
+                            // A restored base may live in another storage (a job
+                            // restored from another job's checkpoint): reuse a shared
+                            // file only where this storage holds it.
                             let handle = match base.get(&file) {
-                                Some(h) => h.clone(),
-                                None => storage
+                                Some(h) if storage.exists(&h.path)? => h.clone(),
+                                _ => storage
                                     .upload_file(&format!("shared/{instance}-{file}"), &local)?,
                             };
                             shared.push((file, handle));

@@ -458,3 +458,43 @@ fn runtime_flow_checkpoint_and_rescaled_recovery() {
     }
     assert_eq!(offsets, vec![0, 1, 1000, 1001]);
 }
+
+/// Restored from one handle of its own range, a RocksDB backend takes the handle's
+/// SST files as its incremental base; when its checkpoints go to another storage
+/// (a job restored from another job's directory) they must still hold every file.
+#[test]
+fn rocksdb_restored_from_another_storage_checkpoints_every_file_it_references() {
+    let (from, to) = (Env::new(), Env::new());
+    let mut b = Rocks::open(config("op", 0, 1), &[], &*from.storage, &from.work());
+    let v = ValueStateDescriptor::<u64>::new("v")
+        .register(&mut b)
+        .unwrap();
+    for key in 0..1000 {
+        b.set_current_key(key).unwrap();
+        v.update(&mut b, key).unwrap();
+    }
+    let first = checkpoint(&mut b, 1, &from);
+    drop(b);
+    let mut r = Rocks::open(
+        config("op", 0, 1),
+        std::slice::from_ref(&first),
+        &*from.storage,
+        &to.work(),
+    );
+    let handle = r
+        .snapshot(2, SnapshotKind::Checkpoint, to.storage.clone())
+        .unwrap()
+        .run()
+        .unwrap();
+    let shared: Vec<&FileHandle> = handle
+        .files()
+        .into_iter()
+        .filter(|f| f.is_shared())
+        .collect();
+    assert!(!shared.is_empty());
+    for f in handle.files() {
+        to.storage
+            .read_file(f)
+            .unwrap_or_else(|e| panic!("the new storage lacks {}: {e}", f.path));
+    }
+}

@@ -17,6 +17,29 @@ use std::collections::BTreeMap;
 
 pub type CheckpointId = u64;
 
+pub use weir_state::SnapshotKind;
+
+/// What travels with the data (and reaches every stage's checkpoint pass): which
+/// checkpoint, and how to snapshot for it: a savepoint must be self-contained, in
+/// the backend-independent format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    pub id: CheckpointId,
+    pub kind: SnapshotKind,
+    /// Overtakes in-flight data, which the checkpoint keeps as channel state.
+    pub unaligned: bool,
+}
+
+impl Barrier {
+    pub fn checkpoint(id: CheckpointId) -> Self {
+        Barrier {
+            id,
+            kind: SnapshotKind::Checkpoint,
+            unaligned: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoordinatorConfig {
     /// Milliseconds between triggers; `None` disables periodic checkpoints.
@@ -56,13 +79,26 @@ pub enum AbortReason {
     TasksFinished,
 }
 
+/// Why a checkpoint is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointType {
+    /// On the interval, injected at the sources.
+    Periodic,
+    /// The last of a bounded job, once every subtask has finished.
+    Final,
+    /// Asked for (to stop the job with it): self-contained, never subsumed or
+    /// dropped by retention, and its failure is not a checkpoint failure.
+    Savepoint,
+}
+
 /// What the coordinator asks its shell to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<A> {
-    /// Inject barrier `id` at every source.
+    /// Inject barrier `id` at every source (the final checkpoint: snapshot every
+    /// subtask directly).
     Trigger {
         id: CheckpointId,
-        is_final: bool,
+        kind: CheckpointType,
     },
     /// Every subtask acknowledged: persist the metadata (durably) and report back
     /// with [`Coordinator::metadata_written`].
@@ -91,7 +127,7 @@ struct Pending<A> {
     started_ms: u64,
     acks: BTreeMap<usize, A>,
     writing: bool,
-    is_final: bool,
+    kind: CheckpointType,
 }
 
 #[derive(Debug)]
@@ -154,15 +190,22 @@ impl<A> Coordinator<A> {
             self.abort(id, AbortReason::Expired, &mut commands);
         }
         if !self.failed && self.trigger_due(now_ms) {
-            let is_final = self.final_requested;
-            commands.push(self.trigger(now_ms, is_final));
+            let kind = if self.final_requested {
+                CheckpointType::Final
+            } else {
+                CheckpointType::Periodic
+            };
+            commands.push(self.trigger(now_ms, kind));
         }
         commands
     }
 
     fn trigger_due(&self, now_ms: u64) -> bool {
         if self.pending.len() >= self.config.max_concurrent
-            || self.pending.values().any(|p| p.is_final)
+            || self
+                .pending
+                .values()
+                .any(|p| p.kind != CheckpointType::Periodic)
         {
             return false;
         }
@@ -182,7 +225,7 @@ impl<A> Coordinator<A> {
         interval_passed && pause_passed
     }
 
-    fn trigger(&mut self, now_ms: u64, is_final: bool) -> Command<A> {
+    fn trigger(&mut self, now_ms: u64, kind: CheckpointType) -> Command<A> {
         let id = self.next_id;
         self.next_id += 1;
         self.last_trigger_ms = Some(now_ms);
@@ -192,10 +235,32 @@ impl<A> Coordinator<A> {
                 started_ms: now_ms,
                 acks: BTreeMap::new(),
                 writing: false,
-                is_final,
+                kind,
             },
         );
-        Command::Trigger { id, is_final }
+        if kind == CheckpointType::Final {
+            self.final_requested = false;
+        }
+        Command::Trigger { id, kind }
+    }
+
+    /// Take a savepoint now, whatever the interval and the pending checkpoints (none
+    /// while another savepoint or the final checkpoint is pending).
+    pub fn trigger_savepoint(&mut self, now_ms: u64) -> Vec<Command<A>> {
+        if self.failed
+            || self
+                .pending
+                .values()
+                .any(|p| p.kind != CheckpointType::Periodic)
+        {
+            return Vec::new();
+        }
+        vec![self.trigger(now_ms, CheckpointType::Savepoint)]
+    }
+
+    /// The type of pending checkpoint `id`.
+    pub fn pending_type(&self, id: CheckpointId) -> Option<CheckpointType> {
+        self.pending.get(&id).map(|p| p.kind)
     }
 
     /// No more periodic checkpoints (a source has finished, so no barrier could
@@ -238,7 +303,11 @@ impl<A> Coordinator<A> {
     /// The metadata of `id` is durable: the checkpoint is complete.
     pub fn metadata_written(&mut self, id: CheckpointId, now_ms: u64) -> Vec<Command<A>> {
         let mut commands = Vec::new();
-        if self.pending.remove(&id).is_none() {
+        let Some(pending) = self.pending.remove(&id) else {
+            return commands;
+        };
+        if pending.kind == CheckpointType::Savepoint {
+            commands.push(Command::NotifyComplete { id });
             return commands;
         }
         let subsumed: Vec<CheckpointId> =
@@ -277,7 +346,19 @@ impl<A> Coordinator<A> {
         commands
     }
 
-    /// The job restarts: every pending checkpoint is aborted (not counted as failed).
+    /// The job restarts from its latest checkpoint: every pending checkpoint is
+    /// aborted (not counted as failed), and triggering starts over as in a new job
+    /// (ids keep growing).
+    pub fn restart(&mut self) -> Vec<Command<A>> {
+        let commands = self.abort_all();
+        self.failed = false;
+        self.triggering = true;
+        self.final_requested = false;
+        self.consecutive_failures = 0;
+        commands
+    }
+
+    /// Every pending checkpoint is aborted (not counted as failed).
     pub fn abort_all(&mut self) -> Vec<Command<A>> {
         let mut commands = Vec::new();
         let ids: Vec<CheckpointId> = self.pending.keys().copied().collect();
@@ -288,8 +369,12 @@ impl<A> Coordinator<A> {
     }
 
     fn abort(&mut self, id: CheckpointId, reason: AbortReason, commands: &mut Vec<Command<A>>) {
-        let is_final = self.pending.get(&id).is_some_and(|p| p.is_final);
+        let kind = self.pending.get(&id).map(|p| p.kind);
         self.abort_quietly(id, reason.clone(), commands);
+        if kind == Some(CheckpointType::Savepoint) {
+            return;
+        }
+        let is_final = kind == Some(CheckpointType::Final);
         self.consecutive_failures += 1;
         if self.consecutive_failures > self.config.tolerable_failures {
             self.failed = true;
@@ -365,6 +450,63 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn a_restart_aborts_pending_checkpoints_and_triggers_again_with_growing_ids() {
+        let mut c = Coordinator::new(config(1, 0), 1, 1);
+        assert_eq!(triggered(&c.tick(0)), vec![1]);
+        assert_eq!(c.decline(1, 0, "boom".into()).last(), Some(&Command::FailJob {
+            reason: "1 consecutive checkpoint failures (tolerable: 0); the last, checkpoint 1: declined by subtask 0: boom".into()
+        }));
+        assert!(
+            c.tick(1_000).is_empty(),
+            "a failed coordinator triggers nothing"
+        );
+        c.stop_triggering();
+        assert_eq!(triggered(&c.tick(2_000)), Vec::<CheckpointId>::new());
+        c.restart();
+        assert_eq!(triggered(&c.tick(3_000)), vec![2]);
+        let aborted = c.restart();
+        assert_eq!(
+            aborted,
+            vec![Command::NotifyAborted {
+                id: 2,
+                reason: AbortReason::JobRestart
+            }]
+        );
+        assert_eq!(triggered(&c.tick(4_000)), vec![3]);
+    }
+
+    #[test]
+    fn a_savepoint_triggers_at_once_is_not_subsumed_and_its_failure_is_no_checkpoint_failure() {
+        let mut c = Coordinator::new(config(1, 0), 1, 1);
+        assert_eq!(triggered(&c.tick(0)), vec![1]);
+        // Beyond max_concurrent and the interval: a savepoint is asked for.
+        assert_eq!(
+            c.trigger_savepoint(10),
+            vec![Command::Trigger {
+                id: 2,
+                kind: CheckpointType::Savepoint
+            }]
+        );
+        assert!(
+            c.trigger_savepoint(11).is_empty(),
+            "one savepoint at a time"
+        );
+        assert_eq!(c.pending_type(2), Some(CheckpointType::Savepoint));
+        assert!(c.acknowledge(2, 0, 20).len() == 1);
+        // Completing the savepoint subsumes nothing and is not the latest checkpoint.
+        assert_eq!(
+            c.metadata_written(2, 20),
+            vec![Command::NotifyComplete { id: 2 }]
+        );
+        assert_eq!(c.pending_ids().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(c.latest_completed(), None);
+        // A failed savepoint does not count against tolerable_failures = 0.
+        assert_eq!(triggered(&c.trigger_savepoint(30)), vec![3]);
+        let aborted = c.decline(3, 0, "disk full".into());
+        assert!(!aborted.iter().any(|c| matches!(c, Command::FailJob { .. })));
     }
 
     #[test]
@@ -472,7 +614,7 @@ mod tests {
             c.request_final(10),
             vec![Command::Trigger {
                 id: 1,
-                is_final: true
+                kind: CheckpointType::Final
             }]
         );
         c.decline(1, 0, "failed".into());
@@ -480,7 +622,7 @@ mod tests {
             c.tick(11),
             vec![Command::Trigger {
                 id: 2,
-                is_final: true
+                kind: CheckpointType::Final
             }]
         );
     }

@@ -1,0 +1,357 @@
+//! The checkpoint side of a subtask: acknowledging with state handles, carrying out
+//! what the barrier handler decides, and, for unaligned checkpoints, keeping the
+//! in-flight records (see `channel_state.rs`) until every channel delivered its
+//! barrier.
+
+use crate::channel_state::{ChannelIo, ChannelState, InputRecorder};
+use crate::checkpoint::barrier::{Action, BarrierHandler};
+use crate::checkpoint::coordinator::{Barrier, CheckpointId};
+use crate::error::StageError;
+use crate::flow::ChannelEvent;
+use crate::gate::InputGate;
+use crate::graph::CHANNELS;
+use crate::master::{CheckpointAcked, CheckpointDeclined, JobMaster, SnapshotTimes};
+use crate::network::{AnyBatch, Network};
+use crate::stage::{file_safe, PendingSnapshot};
+use actix::Addr;
+use std::time::Instant;
+use weir_state::handle::SubtaskSnapshot;
+use weir_state::storage::checkpoint_dir;
+use weir_state::AsyncSnapshot;
+
+/// Where a subtask acknowledges checkpoints.
+#[derive(Clone)]
+pub(super) struct AckTo {
+    pub master: Addr<JobMaster>,
+    pub subtask: usize,
+    pub index: u32,
+    pub attempt: u32,
+    pub name: String,
+}
+
+impl AckTo {
+    pub fn decline(&self, id: CheckpointId, why: &str) {
+        let reason = format!("{} ({}) {why}", self.name, self.index);
+        self.master.do_send(CheckpointDeclined {
+            id,
+            attempt: self.attempt,
+            subtask: self.subtask,
+            reason,
+            finished: false,
+        });
+    }
+
+    pub fn decline_finished(&self, id: CheckpointId) {
+        let reason = format!("{} ({}) has finished", self.name, self.index);
+        self.master.do_send(CheckpointDeclined {
+            id,
+            attempt: self.attempt,
+            subtask: self.subtask,
+            reason,
+            finished: true,
+        });
+    }
+
+    /// Runs the asynchronous parts of the snapshot off the actor's thread, then
+    /// acknowledges (or declines) the checkpoint.
+    pub fn acknowledge(
+        &self,
+        id: CheckpointId,
+        pending: Vec<PendingSnapshot>,
+        mut times: SnapshotTimes,
+    ) {
+        let to = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("weir-snapshot-{id}"))
+            .spawn(move || {
+                let started = Instant::now();
+                let written: Result<Vec<_>, String> = pending
+                    .into_iter()
+                    .map(|p| {
+                        p.snapshot
+                            .run()
+                            .map(|s| (p.operator, to.index, s))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect();
+                times.asynchronous = started.elapsed();
+                match written {
+                    Ok(snapshots) => to.master.do_send(CheckpointAcked {
+                        id,
+                        subtask: to.subtask,
+                        snapshots,
+                        times,
+                    }),
+                    Err(reason) => {
+                        to.decline(id, &format!("could not write its snapshot: {reason}"))
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            self.decline(id, &format!("could not start a snapshot thread: {e}"));
+        }
+    }
+}
+
+/// An unaligned snapshot whose input side is still being recorded.
+struct Unaligned {
+    id: CheckpointId,
+    pending: Vec<PendingSnapshot>,
+    outputs: Vec<Vec<Vec<u8>>>,
+    inputs: InputRecorder,
+    times: SnapshotTimes,
+}
+
+/// A subtask's part in checkpoints.
+pub(super) struct Checkpointing {
+    pub ack_to: AckTo,
+    pub barriers: BarrierHandler,
+    /// The newest barrier received: a snapshot is always of its checkpoint (older
+    /// ones were subsumed), and takes its kind.
+    pub latest: Barrier,
+    pub channels: Option<ChannelIo>,
+    unaligned: Option<Unaligned>,
+    /// When the first barrier of the newest checkpoint arrived.
+    first_barrier: Instant,
+}
+
+impl Checkpointing {
+    pub fn new(ack_to: AckTo, barriers: BarrierHandler, channels: Option<ChannelIo>) -> Self {
+        Checkpointing {
+            ack_to,
+            barriers,
+            latest: Barrier::checkpoint(0),
+            channels,
+            unaligned: None,
+            first_barrier: Instant::now(),
+        }
+    }
+
+    pub fn saw(&mut self, barrier: Barrier) {
+        if barrier.id > self.latest.id {
+            self.first_barrier = Instant::now();
+        }
+        if barrier.id >= self.latest.id {
+            self.latest = barrier;
+        }
+    }
+
+    fn failure(&self, cause: String) -> StageError {
+        StageError {
+            operator: self.ack_to.name.clone(),
+            subtask: self.ack_to.index,
+            cause,
+        }
+    }
+
+    /// An input batch arrived on `channel`: keep it if it precedes its barrier in an
+    /// unaligned checkpoint being recorded.
+    pub fn on_batch(&mut self, channel: usize, batch: &AnyBatch) -> Result<(), StageError> {
+        let Some(unaligned) = self.unaligned.as_mut() else {
+            return Ok(());
+        };
+        if !unaligned.inputs.is_recording(channel) {
+            return Ok(());
+        }
+        let codec = self.channels.as_ref().and_then(|c| c.input.clone());
+        let codec = codec.expect("a subtask with input channels has an input codec");
+        let encoded = codec.encode(batch).map_err(|e| self.failure(e))?;
+        self.unaligned
+            .as_mut()
+            .expect("recording")
+            .inputs
+            .add(channel, encoded);
+        Ok(())
+    }
+
+    /// The batches waiting for credit on every output channel, encoded: what an
+    /// unaligned barrier just overtook.
+    fn overtaken_output(&self, net: &Network) -> Result<Vec<Vec<Vec<u8>>>, StageError> {
+        let codec = self.channels.as_ref().and_then(|c| c.output.clone());
+        (0..net.channels())
+            .map(|channel| {
+                net.queued_batches(channel)
+                    .map(|batch| {
+                        let codec = codec.as_ref().expect("output channels have a codec");
+                        codec.encode(batch).map_err(|e| self.failure(e))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A source's snapshot (or the final one): nothing on the input side.
+    pub fn snapshot_without_inputs(
+        &mut self,
+        barrier: Barrier,
+        net: &mut Network,
+        checkpoint: impl FnOnce(
+            Barrier,
+            &mut Network,
+            &mut Vec<PendingSnapshot>,
+        ) -> Result<(), StageError>,
+    ) -> Result<(), StageError> {
+        let started = Instant::now();
+        let mut pending = Vec::new();
+        checkpoint(barrier, net, &mut pending)?;
+        let mut times = SnapshotTimes::default();
+        if barrier.unaligned {
+            let outputs = self.overtaken_output(net)?;
+            let state = ChannelState {
+                inputs: Vec::new(),
+                outputs,
+            };
+            times.channel_bytes = state.bytes() as u64;
+            self.push_channel_state(barrier.id, state, &mut pending);
+        }
+        times.sync = started.elapsed();
+        self.ack_to.acknowledge(barrier.id, pending, times);
+        Ok(())
+    }
+
+    /// Carries out what the barrier handler decided; `checkpoint` runs the chain's
+    /// checkpoint pass (snapshots, then the barrier downstream).
+    pub fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        gate: &mut InputGate<ChannelEvent<AnyBatch>>,
+        net: &mut Network,
+        mut checkpoint: impl FnMut(
+            Barrier,
+            &mut Network,
+            &mut Vec<PendingSnapshot>,
+        ) -> Result<(), StageError>,
+    ) -> Result<(), StageError> {
+        for action in actions {
+            match action {
+                Action::Block(channel) => gate.block(channel),
+                Action::UnblockAll => gate.unblock_all(),
+                Action::Snapshot {
+                    id,
+                    unaligned: false,
+                } => {
+                    debug_assert_eq!(id, self.latest.id);
+                    let started = Instant::now();
+                    let mut pending = Vec::new();
+                    checkpoint(self.latest, net, &mut pending)?;
+                    let times = SnapshotTimes {
+                        alignment: started.duration_since(self.first_barrier),
+                        sync: started.elapsed(),
+                        ..SnapshotTimes::default()
+                    };
+                    self.ack_to.acknowledge(id, pending, times);
+                }
+                Action::Snapshot {
+                    id,
+                    unaligned: true,
+                } => {
+                    let barrier = Barrier {
+                        unaligned: true,
+                        ..self.latest
+                    };
+                    debug_assert_eq!(id, barrier.id);
+                    let started = Instant::now();
+                    let mut pending = Vec::new();
+                    checkpoint(barrier, net, &mut pending)?;
+                    let outputs = self.overtaken_output(net)?;
+                    // Everything queued now precedes its channel's barrier.
+                    let codec = self.channels.as_ref().and_then(|c| c.input.clone());
+                    let mut inputs = InputRecorder::new(gate.channels());
+                    for channel in 0..gate.channels() {
+                        for event in gate.queued(channel) {
+                            if let ChannelEvent::Batch(batch) = event {
+                                let codec = codec.as_ref().expect("input channels have a codec");
+                                inputs.add(
+                                    channel,
+                                    codec.encode(batch).map_err(|e| self.failure(e))?,
+                                );
+                            }
+                        }
+                    }
+                    let times = SnapshotTimes {
+                        alignment: started.duration_since(self.first_barrier),
+                        sync: started.elapsed(),
+                        ..SnapshotTimes::default()
+                    };
+                    self.unaligned = Some(Unaligned {
+                        id,
+                        pending,
+                        outputs,
+                        inputs,
+                        times,
+                    });
+                }
+                Action::Record(channel) => {
+                    if let Some(unaligned) = self.unaligned.as_mut() {
+                        unaligned.inputs.start(channel);
+                    }
+                }
+                Action::StopRecording(channel) => {
+                    if let Some(unaligned) = self.unaligned.as_mut() {
+                        unaligned.inputs.stop(channel);
+                    }
+                }
+                Action::ChannelStateComplete { id } => {
+                    if let Some(unaligned) = self.unaligned.take() {
+                        debug_assert_eq!(unaligned.id, id);
+                        let mut pending = unaligned.pending;
+                        let state = ChannelState {
+                            inputs: unaligned.inputs.finish(),
+                            outputs: unaligned.outputs,
+                        };
+                        let times = SnapshotTimes {
+                            channel_bytes: state.bytes() as u64,
+                            ..unaligned.times
+                        };
+                        self.push_channel_state(id, state, &mut pending);
+                        self.ack_to.acknowledge(id, pending, times);
+                    }
+                }
+                // A newer barrier subsumes the older checkpoint (or the coordinator
+                // aborted it): what was kept for it is dropped; the coordinator
+                // aborts it quietly (a decline would count as a failure).
+                Action::Abort { id } => {
+                    if self.unaligned.as_ref().is_some_and(|u| u.id == id) {
+                        self.unaligned = None;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the asynchronous write of the channel state (if any) to `pending`.
+    fn push_channel_state(
+        &self,
+        id: CheckpointId,
+        state: ChannelState,
+        pending: &mut Vec<PendingSnapshot>,
+    ) {
+        if state.is_empty() {
+            return;
+        }
+        let channels = self
+            .channels
+            .as_ref()
+            .expect("a subtask with channel state has its channel io");
+        let storage = channels.storage.clone();
+        let path = format!(
+            "{}/{}-{}.channels",
+            checkpoint_dir(id),
+            file_safe(&channels.operator),
+            self.ack_to.index
+        );
+        tracing::debug!(checkpoint = id, subtask = %self.ack_to.name, bytes = state.bytes(), "in-flight records kept");
+        pending.push(PendingSnapshot {
+            operator: channels.operator.clone(),
+            snapshot: AsyncSnapshot::new(move || {
+                let file = storage.write_file(&path, &state.encode())?;
+                Ok(SubtaskSnapshot {
+                    keyed: None,
+                    operator: None,
+                    extra: vec![(CHANNELS.to_string(), file)],
+                })
+            }),
+        });
+    }
+}

@@ -1,0 +1,147 @@
+//! Shared by the integration tests of checkpointed jobs: a paced numbers source
+//! with positions and injectable faults, a collecting sink, and the exactness check.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use weir::{Context, Sink, Source, SourcePoll};
+
+pub const RECORDS: u64 = 40_000;
+pub const KEYS: u64 = 97;
+/// A `Numbers` subtask finishes only after this many snapshots of its position.
+pub const MIN_SNAPSHOTS: u32 = 3;
+
+/// A fault that fires once: the first time its condition holds while it is armed.
+#[derive(Clone, Default)]
+pub struct Fault(Arc<AtomicBool>);
+
+impl Fault {
+    pub fn armed() -> Self {
+        Fault(Arc::new(AtomicBool::new(true)))
+    }
+
+    pub fn fires(&self, condition: bool) -> bool {
+        condition && self.0.swap(false, Ordering::SeqCst)
+    }
+
+    pub fn fired(&self) -> bool {
+        !self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Where the job fails once.
+#[derive(Clone, Default)]
+pub struct Faults {
+    /// A source subtask fails in `poll` once it reached this record.
+    pub poll_at: Option<(u64, Fault)>,
+    /// A source subtask fails to snapshot its position at the `n`th checkpoint it
+    /// takes (counted per subtask, the final checkpoint included).
+    pub snapshot: Option<(u32, Fault)>,
+    /// A source subtask fails to snapshot its position once it has finished (in the
+    /// final checkpoint).
+    pub final_snapshot: Option<Fault>,
+    /// A source subtask fails to restore its position.
+    pub restore: Option<Fault>,
+}
+
+/// Numbers `index, index + p, …` below `RECORDS`, paced at 100 per ms per subtask so
+/// that periodic checkpoints complete while it runs (and it finishes only after
+/// `MIN_SNAPSHOTS` of them).
+pub struct Numbers {
+    next: u64,
+    step: u64,
+    started: Option<Instant>,
+    snapshots: u32,
+    faults: Faults,
+}
+
+impl Numbers {
+    pub fn new(info: &weir::SubtaskInfo, faults: Faults) -> Self {
+        Numbers {
+            next: info.index as u64,
+            step: info.parallelism as u64,
+            started: None,
+            snapshots: 0,
+            faults,
+        }
+    }
+}
+
+impl Source for Numbers {
+    type Out = u64;
+    fn poll(&mut self, ctx: &mut Context<'_, u64>, max: usize) -> anyhow::Result<SourcePoll> {
+        if let Some((at, fault)) = &self.faults.poll_at {
+            // After two snapshots (one checkpoint at a time: the first completed).
+            if fault.fires(self.next >= *at && self.snapshots >= 2) {
+                anyhow::bail!("injected failure at record {}", self.next);
+            }
+        }
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let due = (started.elapsed().as_millis() as u64 + 1) * 100 * self.step;
+        let mut emitted = 0;
+        while self.next < RECORDS && self.next < due && emitted < max {
+            ctx.emit(self.next);
+            self.next += self.step;
+            emitted += 1;
+        }
+        Ok(match (self.next >= RECORDS, emitted) {
+            // However slow the machine, some periodic checkpoints happen first.
+            (true, _) if self.snapshots < MIN_SNAPSHOTS => {
+                SourcePoll::Pending(Duration::from_millis(1))
+            }
+            (true, _) => SourcePoll::Finished,
+            (false, 0) => SourcePoll::Pending(Duration::from_millis(1)),
+            _ => SourcePoll::Ready,
+        })
+    }
+
+    fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.snapshots += 1;
+        if let Some((n, fault)) = &self.faults.snapshot {
+            if fault.fires(self.snapshots == *n) {
+                anyhow::bail!("injected snapshot failure");
+            }
+        }
+        if let Some(fault) = &self.faults.final_snapshot {
+            if fault.fires(self.next >= RECORDS) {
+                anyhow::bail!("injected failure in the final checkpoint");
+            }
+        }
+        Ok(Some(self.next.to_le_bytes().to_vec()))
+    }
+
+    fn restore_position(&mut self, position: &[u8]) -> anyhow::Result<()> {
+        if let Some(fault) = &self.faults.restore {
+            if fault.fires(true) {
+                anyhow::bail!("injected restore failure");
+            }
+        }
+        self.next = u64::from_le_bytes(position.try_into()?);
+        Ok(())
+    }
+}
+
+pub struct Collect(pub Arc<Mutex<Vec<(u64, u64)>>>);
+impl Sink for Collect {
+    type In = (u64, u64);
+    fn write(&mut self, record: (u64, u64)) -> anyhow::Result<()> {
+        self.0.lock().unwrap().push(record);
+        Ok(())
+    }
+}
+
+/// State counted every record exactly once: each key's counts went 1, 2, … up to its
+/// exact total (replayed records repeat some counts: this sink is not transactional).
+pub fn assert_exact(output: &[(u64, u64)]) {
+    let mut seen: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for (k, c) in output {
+        seen.entry(*k).or_default().insert(*c);
+    }
+    assert_eq!(seen.len() as u64, KEYS);
+    for (key, counts) in &seen {
+        let total = (0..RECORDS).filter(|n| n % KEYS == *key).count() as u64;
+        assert_eq!(counts, &(1..=total).collect::<BTreeSet<_>>(), "key {key}");
+    }
+}

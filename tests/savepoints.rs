@@ -1,0 +1,103 @@
+//! Stop with a savepoint: the job stops on request with a self-contained savepoint,
+//! and a run started on the same checkpoint directory resumes from it with exact
+//! state; `weir run` does it on SIGTERM.
+
+mod common;
+
+use common::{assert_exact, Collect, Faults, Numbers, RECORDS};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use weir::config::StateBackendChoice;
+use weir::state::checkpoints::{load_checkpoint, Verify};
+use weir::state::storage::parse_checkpoint_dir;
+use weir::state::LocalCheckpointStorage;
+use weir::{CheckpointConfig, JobConfig, JobControl, JobReport, StreamJob};
+
+/// Runs the keyed running count on `dir`; `stop_after` asks for a stop-savepoint.
+fn run(
+    dir: &std::path::Path,
+    backend: StateBackendChoice,
+    stop_after: Option<Duration>,
+) -> (JobReport, Vec<(u64, u64)>) {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let job = StreamJob::new(JobConfig {
+        parallelism: 2,
+        workers: 2,
+        state_backend: backend,
+        checkpoint: Some(CheckpointConfig {
+            interval: Duration::from_millis(30),
+            ..CheckpointConfig::new(dir)
+        }),
+        ..JobConfig::default()
+    });
+    let sink = out.clone();
+    job.source("numbers", |info| Numbers::new(info, Faults::default()))
+        .map("pair", |n| (n % common::KEYS, 1u64))
+        .key_by(|(k, _)| *k)
+        .reduce("count", |(k, a), (_, b)| (*k, a + b))
+        .sink("collect", move |_| Collect(sink.clone()));
+    let control = JobControl::new();
+    let stopper = stop_after.map(|after| {
+        let control = control.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            control.stop_with_savepoint();
+        })
+    });
+    let report = job.run_with(control).expect("the job runs");
+    if let Some(stopper) = stopper {
+        stopper.join().unwrap();
+    }
+    let output = out.lock().unwrap().clone();
+    (report, output)
+}
+
+#[test]
+fn a_stopped_job_leaves_a_self_contained_savepoint_and_resumes_from_it_exactly() {
+    for backend in [StateBackendChoice::Memory, StateBackendChoice::RocksDb] {
+        let dir = tempfile::tempdir().unwrap();
+        let (stopped, before) = run(dir.path(), backend, Some(Duration::from_millis(120)));
+        let savepoint = stopped.savepoint.expect("the job stopped with a savepoint");
+        assert!(
+            (before.len() as u64) < RECORDS,
+            "{backend:?}: stopped before the end ({} records)",
+            before.len()
+        );
+        let id = parse_checkpoint_dir(savepoint.file_name().unwrap().to_str().unwrap())
+            .expect("the savepoint is a chk-<id> directory");
+        let storage = LocalCheckpointStorage::new(dir.path()).unwrap();
+        let metadata = load_checkpoint(&storage, id, Verify::Files).unwrap();
+        assert!(metadata.is_savepoint);
+        assert!(
+            metadata.shared_files().is_empty(),
+            "{backend:?}: a savepoint references no shared (incremental) files"
+        );
+
+        let (resumed, after) = run(dir.path(), backend, None);
+        assert_eq!(resumed.savepoint, None);
+        assert_eq!(
+            before.len() + after.len(),
+            RECORDS as usize,
+            "{backend:?}: sources emitted nothing after the savepoint, and resumed right after it"
+        );
+        assert_exact(&[before, after].concat());
+    }
+}
+
+#[test]
+fn a_stop_requested_of_a_job_without_checkpoints_fails_clearly() {
+    let job = StreamJob::new(JobConfig {
+        parallelism: 1,
+        ..JobConfig::default()
+    });
+    job.source("numbers", |info| Numbers::new(info, Faults::default()))
+        .map("pair", |n| (n, 1u64))
+        .sink("collect", |_| Collect(Arc::new(Mutex::new(Vec::new()))));
+    let control = JobControl::new();
+    control.stop_with_savepoint();
+    let error = job.run_with(control).unwrap_err().to_string();
+    assert!(
+        error.contains("cannot stop with a savepoint: the job does not checkpoint"),
+        "{error}"
+    );
+}
