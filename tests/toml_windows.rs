@@ -337,5 +337,45 @@ fn window_topology_errors_point_at_the_setting_and_say_how_to_fix_it() {
         timed,
         "kind = \"tumbling\"\nsize = \"1s\"\naggregate = \"count\"\ntimestamp = \"tss\"",
     ));
-    assert!(e.contains("tss"), "{e}");
+    assert!(e.contains("bad.toml:21:13"), "{e}");
+    assert!(
+        e.contains("reads field `tss` (in `timestamp`)") && e.contains("did you mean `ts`?"),
+        "{e}"
+    );
+
+    let e = error_of(&with_window(
+        timed,
+        "kind = \"tumbling\"\nsize = \"1s\"\naggregate = \"count\"\ntime = \"processing\"\nallowed_lateness = \"1s\"",
+    ));
+    assert!(
+        e.contains("processing-time windows have no late records"),
+        "{e}"
+    );
+}
+
+#[test]
+fn processing_time_windows_need_no_event_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = with_window(
+        "",
+        "kind = \"tumbling\"\nsize = \"50ms\"\naggregate = \"count\"\ntime = \"processing\"",
+    )
+    .replace("count = 10", "count = 3000\nrate = 10000")
+    .replace(
+        "type = \"null\"",
+        "type = \"file\"\npath = \"out.jsonl\"\nparallelism = 1",
+    );
+    std::fs::write(dir.path().join("job.toml"), topology).unwrap();
+    let (code, stderr) = weir(dir.path(), &["run", "job.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    let results = lines(dir.path(), "out.jsonl");
+    // Windows still open when the input ends do not fire (as in Flink).
+    let counted: i64 = results.iter().map(|r| int(r, "count")).sum();
+    assert!((1..=3000).contains(&counted), "{counted}");
+    let mut seen = BTreeSet::new();
+    for r in &results {
+        let (start, end) = (int(r, "window_start"), int(r, "window_end"));
+        assert_eq!((end - start, start % 50), (50, 0), "{r}");
+        assert!(seen.insert((int(r, "user"), start)), "{r} fired twice");
+    }
 }
