@@ -26,11 +26,16 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
+use weir_actors::window::{
+    AggregateFunction, Aggregating, Avg, Collecting, Count, Extreme, Slicing, Sum, Window,
+    WindowFunction, WindowKind, WindowOperator, WindowOutput, WindowTime, Windowed,
+};
 use weir_actors::{
     Context, Data, JobConfig, JobError, JobGraph, JobMetrics, JobReport, Key, KeyedOperator,
     NodeDescription, NodeId, Operator, Partitioning, Sink, Source, SubtaskInfo, WatermarkStrategy,
 };
-use weir_actors::{JobControl, KeyedContext};
+use weir_actors::{EventTime, JobControl, KeyedContext};
 use weir_state::{KeyedBackend, ValueState, ValueStateDescriptor};
 
 /// A job being built; `run` executes it.
@@ -296,6 +301,17 @@ impl<T: Data, K: Key> KeyedStream<T, K> {
             .followed_by(move |g| g.add_keyed_operator(name, key_of, make))
     }
 
+    /// Groups each key's records into windows (see [`Windows`]); then aggregate,
+    /// count, sum, … or process each window.
+    pub fn window(self, windows: Windows<T>) -> WindowedStream<T, K> {
+        WindowedStream {
+            keyed: self,
+            windows,
+            allowed_lateness: 0,
+            late: None,
+        }
+    }
+
     /// Folds each key's records with `f` and emits the updated value per record.
     pub fn reduce(self, name: &str, f: impl Fn(&T, T) -> T + Send + Sync + 'static) -> DataStream<T>
     where
@@ -384,5 +400,198 @@ where
         current.update(ctx.state(), updated.clone())?;
         ctx.emit(updated);
         Ok(())
+    }
+}
+
+/// Which windows, and by which clock: `Windows::tumbling(size).event_time(|r| r.ts)`.
+///
+/// Windows follow Flink's: they start at multiples of their slide (tumbling: size)
+/// from the epoch; sessions close after `gap` without records of their key.
+pub struct Windows<T> {
+    kind: WindowKind,
+    time: WindowTime<T>,
+}
+
+/// A window shape still waiting for its clock ([`WindowShape::event_time`] or
+/// [`WindowShape::processing_time`]).
+pub struct WindowShape(WindowKind);
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Windows<()> {
+    /// Back-to-back windows of `size`.
+    ///
+    /// # Panics
+    /// If `size` is zero.
+    pub fn tumbling(size: Duration) -> WindowShape {
+        WindowShape(WindowKind::Sliding(
+            Slicing::tumbling(millis(size)).unwrap_or_else(|e| panic!("{e}")),
+        ))
+    }
+
+    /// Windows of `size` starting every `slide`; a record belongs to `size / slide` of
+    /// them but updates one shared slice.
+    ///
+    /// # Panics
+    /// If either is zero or `slide` exceeds `size`.
+    pub fn sliding(size: Duration, slide: Duration) -> WindowShape {
+        WindowShape(WindowKind::Sliding(
+            Slicing::sliding(millis(size), millis(slide)).unwrap_or_else(|e| panic!("{e}")),
+        ))
+    }
+
+    /// Per key, a session of records less than `gap` apart.
+    ///
+    /// # Panics
+    /// If `gap` is zero.
+    pub fn session(gap: Duration) -> WindowShape {
+        assert!(!gap.is_zero(), "a session gap must be positive");
+        WindowShape(WindowKind::Session { gap: millis(gap) })
+    }
+}
+
+impl WindowShape {
+    /// Windows in event time, read from each record by `timestamp` (ms); they fire
+    /// when the watermark passes their end.
+    pub fn event_time<T>(
+        self,
+        timestamp: impl Fn(&T) -> EventTime + Send + Sync + 'static,
+    ) -> Windows<T> {
+        Windows {
+            kind: self.0,
+            time: WindowTime::Event(Arc::new(move |record: &T| Ok(timestamp(record)))),
+        }
+    }
+
+    /// Windows by the wall clock when records arrive; they fire on processing-time timers.
+    pub fn processing_time<T>(self) -> Windows<T> {
+        Windows {
+            kind: self.0,
+            time: WindowTime::Processing,
+        }
+    }
+}
+
+type LateConsumer<T> = Box<dyn FnOnce(DataStream<T>)>;
+
+/// A keyed stream cut into windows; a terminal method (aggregate, count, sum, min,
+/// max, avg, process) says what each window emits.
+pub struct WindowedStream<T, K> {
+    keyed: KeyedStream<T, K>,
+    windows: Windows<T>,
+    allowed_lateness: i64,
+    late: Option<LateConsumer<T>>,
+}
+
+impl<T: Data + Sync, K: Key> WindowedStream<T, K> {
+    /// Keep windows for `lateness` after they fired: a record arriving in that time
+    /// updates its windows and they emit their result again (event time only).
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.allowed_lateness = millis(lateness);
+        self
+    }
+
+    /// Records too late for every window they belong to go to the stream `consume`
+    /// receives (Flink's late-data side output); without it they are dropped.
+    pub fn late_records(mut self, consume: impl FnOnce(DataStream<T>) + 'static) -> Self {
+        self.late = Some(Box::new(consume));
+        self
+    }
+
+    fn build<F, Out>(
+        self,
+        name: &str,
+        function: impl Fn() -> F + Send + Sync + 'static,
+    ) -> DataStream<Out>
+    where
+        F: WindowFunction<K, T, Out = Out>,
+        Out: Data,
+    {
+        let WindowedStream {
+            keyed,
+            windows: Windows { kind, time },
+            allowed_lateness,
+            late,
+        } = self;
+        let outputs = keyed.process(name, move |_| {
+            WindowOperator::new(kind, time.clone(), allowed_lateness, function())
+        });
+        if let Some(consume) = late {
+            consume(
+                outputs
+                    .clone()
+                    .flat_map(&format!("{name}.late"), |o| match o {
+                        WindowOutput::Late(record) => Some(record),
+                        WindowOutput::Result(_) => None,
+                    }),
+            );
+        }
+        outputs.flat_map(&format!("{name}.results"), |o| match o {
+            WindowOutput::Result(result) => Some(result),
+            WindowOutput::Late(_) => None,
+        })
+    }
+
+    /// Folds each window's records with an [`AggregateFunction`] (only the
+    /// accumulator is kept per slice or session).
+    pub fn aggregate<A: AggregateFunction<T>>(
+        self,
+        name: &str,
+        function: A,
+    ) -> DataStream<Windowed<K, A::Out>> {
+        let function = Arc::new(function);
+        self.build(name, move || Aggregating::new(function.clone()))
+    }
+
+    pub fn count(self, name: &str) -> DataStream<Windowed<K, u64>> {
+        self.aggregate(name, Count)
+    }
+
+    pub fn sum<V>(
+        self,
+        name: &str,
+        value: impl Fn(&T) -> V + Send + Sync + 'static,
+    ) -> DataStream<Windowed<K, V>>
+    where
+        V: std::ops::Add<Output = V> + Default + Data + Sync,
+    {
+        self.aggregate(name, Sum::of(value))
+    }
+
+    pub fn min<V: PartialOrd + Data + Sync>(
+        self,
+        name: &str,
+        value: impl Fn(&T) -> V + Send + Sync + 'static,
+    ) -> DataStream<Windowed<K, V>> {
+        self.aggregate(name, Extreme::min(value))
+    }
+
+    pub fn max<V: PartialOrd + Data + Sync>(
+        self,
+        name: &str,
+        value: impl Fn(&T) -> V + Send + Sync + 'static,
+    ) -> DataStream<Windowed<K, V>> {
+        self.aggregate(name, Extreme::max(value))
+    }
+
+    pub fn avg(
+        self,
+        name: &str,
+        value: impl Fn(&T) -> f64 + Send + Sync + 'static,
+    ) -> DataStream<Windowed<K, f64>> {
+        self.aggregate(name, Avg::of(value))
+    }
+
+    /// Hands each window's records (all of them, kept per slice or session) to `f`,
+    /// which emits any number of outputs (Flink's `ProcessWindowFunction`).
+    pub fn process<Out: Data, I: IntoIterator<Item = Out> + 'static>(
+        self,
+        name: &str,
+        f: impl Fn(&K, &Window, Vec<T>) -> I + Send + Sync + 'static,
+    ) -> DataStream<Out> {
+        let f = Arc::new(f);
+        self.build(name, move || Collecting::new(f.clone()))
     }
 }

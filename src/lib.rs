@@ -5,14 +5,19 @@
 
 pub mod api;
 
-pub use api::{DataStream, KeyedStream, StreamJob, UnionStream};
+pub use api::{
+    DataStream, KeyedStream, StreamJob, UnionStream, WindowShape, WindowedStream, Windows,
+};
 /// Job settings (`JobConfig`, the state backend choice).
 pub use weir_actors::config;
+/// Windows: functions, results and the window arithmetic.
+pub use weir_actors::window;
+pub use weir_actors::window::{AggregateFunction, Window, Windowed};
 pub use weir_actors::{
     CheckpointConfig, CheckpointId, CheckpointMode, Context, Data, EventTime, ExactlyOnceFileSink,
-    JobConfig, JobControl, JobError, JobMetrics, JobReport, Key, KeyedContext, KeyedOperator,
-    NodeDescription, Operator, OperatorReport, PreCommit, RestartStrategy, Sink, Source,
-    SourcePoll, SubtaskInfo, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
+    FiredTimer, JobConfig, JobControl, JobError, JobMetrics, JobReport, Key, KeyedContext,
+    KeyedOperator, NodeDescription, Operator, OperatorReport, PreCommit, RestartStrategy, Sink,
+    Source, SourcePoll, SubtaskInfo, TimeDomain, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
 };
 /// Keyed and operator state: descriptors, handles, backends (re-exported `weir-state`).
 pub use weir_state as state;

@@ -23,6 +23,7 @@ pub mod sink;
 mod stage;
 mod subtask;
 pub mod time;
+pub mod window;
 
 pub use config::{CheckpointConfig, CheckpointMode, JobConfig, RestartStrategy};
 pub use control::JobControl;
@@ -30,8 +31,9 @@ pub use error::JobError;
 pub use graph::{JobGraph, NodeDescription, NodeId, Partitioning};
 pub use metrics::{JobMetrics, JobReport, OperatorReport};
 pub use operator::{
-    CheckpointId, Context, Data, EventTime, Key, KeyedContext, KeyedOperator, Operator, PreCommit,
-    Sink, Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK, SOURCE_SPLITS_STATE,
+    CheckpointId, Context, Data, EventTime, FiredTimer, Key, KeyedContext, KeyedOperator, Operator,
+    PreCommit, Sink, Source, SourcePoll, SubtaskInfo, TimeDomain, MAX_WATERMARK, MIN_WATERMARK,
+    SOURCE_SPLITS_STATE,
 };
 pub use sink::file_sink::ExactlyOnceFileSink;
 pub use sink::two_phase::RollingPolicy;

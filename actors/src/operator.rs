@@ -10,6 +10,8 @@ use serde::Serialize;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_state::value::StateKey;
+pub use weir_state::TimeDomain;
 use weir_state::{KeyedBackend, KeyedStateBackend};
 
 pub use crate::checkpoint::coordinator::CheckpointId;
@@ -128,20 +130,55 @@ pub trait Operator: Send + 'static {
     }
 }
 
-/// What a keyed operator works with: the output, the current key, and the keyed
-/// state of this subtask's key groups (memory or RocksDB, as the job configures).
+/// The time of a timer in the state crate's timer queues: event times are signed, the
+/// queues order unsigned integers, so the sign bit is flipped (order-preserving).
+pub(crate) fn timer_time(time: EventTime) -> u64 {
+    (time as u64) ^ (1 << 63)
+}
+
+pub(crate) fn event_time_of_timer(time: u64) -> EventTime {
+    (time ^ (1 << 63)) as EventTime
+}
+
+/// Processing time: milliseconds since the Unix epoch, on the same scale as event time.
+pub fn processing_time_now() -> EventTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as EventTime)
+}
+
+/// A timer that fired, handed to [`KeyedOperator::on_timer`] with its key current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FiredTimer {
+    /// When it was due: an event time, or a processing time (ms since the epoch).
+    pub time: EventTime,
+    pub domain: TimeDomain,
+    /// The namespace it was registered in, as its postcard bytes (see [`FiredTimer::namespace`]).
+    pub namespace: Vec<u8>,
+}
+
+impl FiredTimer {
+    /// The namespace the timer was registered with (`()` for the plain `register_*`).
+    pub fn namespace<N: DeserializeOwned>(&self) -> anyhow::Result<N> {
+        Ok(postcard::from_bytes(&self.namespace)?)
+    }
+}
+
+/// What a keyed operator works with: the output, the current key, the keyed state of
+/// this subtask's key groups (memory or RocksDB, as the job configures) and timers.
 pub struct KeyedContext<'a, K: Key, Out> {
     ctx: Context<'a, Out>,
     state: &'a mut KeyedBackend<K>,
-    in_process: bool,
+    has_key: bool,
 }
 
 impl<'a, K: Key, Out> KeyedContext<'a, K, Out> {
-    pub fn new(ctx: Context<'a, Out>, state: &'a mut KeyedBackend<K>, in_process: bool) -> Self {
+    /// `has_key`: a key is current (while a record is processed or a timer fires).
+    pub fn new(ctx: Context<'a, Out>, state: &'a mut KeyedBackend<K>, has_key: bool) -> Self {
         KeyedContext {
             ctx,
             state,
-            in_process,
+            has_key,
         }
     }
 
@@ -158,24 +195,103 @@ impl<'a, K: Key, Out> KeyedContext<'a, K, Out> {
         self.ctx.current_watermark()
     }
 
-    /// The key of the record being processed.
+    /// Milliseconds since the Unix epoch: the clock of processing-time timers.
+    pub fn current_processing_time(&self) -> EventTime {
+        processing_time_now()
+    }
+
+    /// The key of the record being processed, or of the timer firing.
     ///
     /// # Panics
-    /// Outside `process` (in `on_watermark` or `finish` no key is current).
+    /// In `on_watermark` or `finish`: no key is current there.
     pub fn key(&self) -> &K {
         assert!(
-            self.in_process,
-            "there is a current key only while a record is processed"
+            self.has_key,
+            "there is a current key only while a record is processed or a timer fires"
         );
         self.state
             .current_key()
-            .expect("the runtime sets the key before process")
+            .expect("the runtime sets the key before process and on_timer")
     }
 
     /// Keyed state, scoped to the current key: pass it to the handles registered in
     /// `open` (`ValueState::value(ctx.state())`, …).
     pub fn state(&mut self) -> &mut KeyedBackend<K> {
         self.state
+    }
+
+    fn timer<N: StateKey>(
+        &mut self,
+        domain: TimeDomain,
+        namespace: &N,
+        time: EventTime,
+        register: bool,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.has_key,
+            "timers belong to a key: register them in process or on_timer"
+        );
+        if register {
+            self.state
+                .register_timer(domain, namespace, timer_time(time))?;
+        } else {
+            self.state
+                .delete_timer(domain, namespace, timer_time(time))?;
+        }
+        Ok(())
+    }
+
+    /// Calls `on_timer` for the current key once the watermark reaches `time`.
+    /// Registering the same (key, namespace, time) twice fires it once.
+    pub fn register_event_time_timer(&mut self, time: EventTime) -> anyhow::Result<()> {
+        self.timer(TimeDomain::EventTime, &(), time, true)
+    }
+
+    /// An event-time timer in a namespace (e.g. a window), handed back in [`FiredTimer`].
+    pub fn register_event_time_timer_in<N: StateKey>(
+        &mut self,
+        namespace: &N,
+        time: EventTime,
+    ) -> anyhow::Result<()> {
+        self.timer(TimeDomain::EventTime, namespace, time, true)
+    }
+
+    pub fn delete_event_time_timer(&mut self, time: EventTime) -> anyhow::Result<()> {
+        self.timer(TimeDomain::EventTime, &(), time, false)
+    }
+
+    pub fn delete_event_time_timer_in<N: StateKey>(
+        &mut self,
+        namespace: &N,
+        time: EventTime,
+    ) -> anyhow::Result<()> {
+        self.timer(TimeDomain::EventTime, namespace, time, false)
+    }
+
+    /// Calls `on_timer` for the current key once the wall clock reaches `time`
+    /// (ms since the Unix epoch, see [`KeyedContext::current_processing_time`]).
+    pub fn register_processing_time_timer(&mut self, time: EventTime) -> anyhow::Result<()> {
+        self.timer(TimeDomain::ProcessingTime, &(), time, true)
+    }
+
+    pub fn register_processing_time_timer_in<N: StateKey>(
+        &mut self,
+        namespace: &N,
+        time: EventTime,
+    ) -> anyhow::Result<()> {
+        self.timer(TimeDomain::ProcessingTime, namespace, time, true)
+    }
+
+    pub fn delete_processing_time_timer(&mut self, time: EventTime) -> anyhow::Result<()> {
+        self.timer(TimeDomain::ProcessingTime, &(), time, false)
+    }
+
+    pub fn delete_processing_time_timer_in<N: StateKey>(
+        &mut self,
+        namespace: &N,
+        time: EventTime,
+    ) -> anyhow::Result<()> {
+        self.timer(TimeDomain::ProcessingTime, namespace, time, false)
     }
 }
 
@@ -200,6 +316,18 @@ pub trait KeyedOperator: Send + 'static {
         record: Self::In,
         ctx: &mut KeyedContext<'_, Self::Key, Self::Out>,
     ) -> anyhow::Result<()>;
+
+    /// A timer registered through the context is due, with its key current. Event-time
+    /// timers fire in time order when the watermark reaches them, before the
+    /// watermark reaches `on_watermark` and travels on; processing-time timers when
+    /// the wall clock does. A timer fires once, also across a restore from a checkpoint.
+    fn on_timer(
+        &mut self,
+        _timer: &FiredTimer,
+        _ctx: &mut KeyedContext<'_, Self::Key, Self::Out>,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// The event-time watermark advanced (to [`MAX_WATERMARK`] at the end of input).
     fn on_watermark(

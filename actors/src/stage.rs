@@ -14,8 +14,9 @@ use crate::flow::ChannelEvent;
 use crate::metrics::OperatorCounters;
 use crate::network::{AnyBatch, Network};
 use crate::operator::{
-    Context, Data, EventTime, KeyFn, KeyedContext, KeyedOperator, Operator, PreCommit, Sink,
-    Source, SourcePoll, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK, SOURCE_SPLITS_STATE,
+    event_time_of_timer, timer_time, Context, Data, EventTime, FiredTimer, KeyFn, KeyedContext,
+    KeyedOperator, Operator, PreCommit, Sink, Source, SourcePoll, SubtaskInfo, MAX_WATERMARK,
+    MIN_WATERMARK, SOURCE_SPLITS_STATE,
 };
 use crate::partition::Partitioner;
 use crate::time::generator::WatermarkGenerator;
@@ -25,7 +26,7 @@ use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
 use weir_state::{
     AsyncSnapshot, CheckpointStorage, KeyedBackend, KeyedStateBackend, OperatorStateStore,
-    StateError,
+    StateError, TimeDomain,
 };
 
 /// What every piece of a chain does besides taking records: its lifecycle and its
@@ -48,6 +49,20 @@ pub trait ChainControl {
     /// Checkpoint `id` completed (or was aborted). An `Err` (a sink that could not
     /// commit) fails the subtask; the restore commits what the checkpoint lists.
     fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError>;
+    /// The earliest processing-time timer of this piece and the pieces after it: the
+    /// subtask wakes up for it.
+    fn next_processing_timer(&mut self) -> Option<EventTime> {
+        None
+    }
+    /// The wall clock reached `now` (ms since the epoch): fire the processing-time
+    /// timers due here and after.
+    fn on_processing_time(
+        &mut self,
+        _now: EventTime,
+        _net: &mut Network,
+    ) -> Result<(), StageError> {
+        Ok(())
+    }
 }
 
 /// Something that takes batches of `T`.
@@ -95,6 +110,19 @@ macro_rules! forward_checkpoints {
 
         fn notify_checkpoint(&mut self, id: CheckpointId, completed: bool) -> Result<(), StageError> {
             self.$($next)+.notify_checkpoint(id, completed)
+        }
+    };
+}
+
+/// Processing-time timers of a stage without timers of its own: those after it.
+macro_rules! forward_processing_time {
+    ($($next:tt)+) => {
+        fn next_processing_timer(&mut self) -> Option<EventTime> {
+            self.$($next)+.next_processing_timer()
+        }
+
+        fn on_processing_time(&mut self, now: EventTime, net: &mut Network) -> Result<(), StageError> {
+            self.$($next)+.on_processing_time(now, net)
         }
     };
 }
@@ -264,6 +292,7 @@ impl<O: Operator> ChainControl for OperatorStage<O> {
     }
 
     forward_checkpoints!(core.next);
+    forward_processing_time!(core.next);
 }
 
 pub struct KeyedStage<O: KeyedOperator> {
@@ -290,7 +319,12 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
         })
     }
 
+    /// Flink's order: the event-time timers due fire first (seeing the new
+    /// watermark), then `on_watermark`, then the watermark travels on behind their
+    /// output.
     fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
+        self.core.watermark = watermark;
+        self.fire_due(TimeDomain::EventTime, watermark, net)?;
         let (op, backend) = (&mut self.op, &mut self.backend);
         self.core.advance(watermark, net, |ctx| {
             op.on_watermark(
@@ -302,6 +336,33 @@ impl<O: KeyedOperator> Input<O::In> for KeyedStage<O> {
 
     fn on_idle(&mut self, idle: bool, net: &mut Network) {
         self.core.next.on_idle(idle, net)
+    }
+}
+
+/// Timers fired before their output moves on down the chain: a watermark that
+/// makes many windows due does not collect all their results first.
+const TIMERS_PER_ROUND: usize = 1024;
+
+impl<O: KeyedOperator> KeyedStage<O> {
+    /// Fires the timers of `domain` due at `up_to`, handing their output on after
+    /// every `TIMERS_PER_ROUND`.
+    fn fire_due(
+        &mut self,
+        domain: TimeDomain,
+        up_to: EventTime,
+        net: &mut Network,
+    ) -> Result<(), StageError> {
+        loop {
+            let (op, backend) = (&mut self.op, &mut self.backend);
+            let mut more = false;
+            self.core.run(net, |ctx| {
+                more = fire_timers(op, backend, domain, up_to, TIMERS_PER_ROUND, ctx)?;
+                Ok(())
+            })?;
+            if !more {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -356,9 +417,56 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
         self.core.next.notify_checkpoint(id, completed)
     }
 
+    fn next_processing_timer(&mut self) -> Option<EventTime> {
+        let own = self
+            .backend
+            .next_timer(TimeDomain::ProcessingTime)
+            .map(event_time_of_timer);
+        match (own, self.core.next.next_processing_timer()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_processing_time(&mut self, now: EventTime, net: &mut Network) -> Result<(), StageError> {
+        self.fire_due(TimeDomain::ProcessingTime, now, net)?;
+        self.core.next.on_processing_time(now, net)
+    }
+
     fn flush(&mut self, net: &mut Network) {
         self.core.next.flush(net)
     }
+}
+
+/// Fires at most `limit` timers of `domain` due at `up_to`, one at a time, in time
+/// order, each with its key current; timers registered meanwhile that are due fire
+/// too. True if it stopped at the limit.
+fn fire_timers<O: KeyedOperator>(
+    op: &mut O,
+    backend: &mut KeyedBackend<O::Key>,
+    domain: TimeDomain,
+    up_to: EventTime,
+    limit: usize,
+    ctx: &mut Context<'_, O::Out>,
+) -> anyhow::Result<bool> {
+    let up_to = timer_time(up_to);
+    for _ in 0..limit {
+        let Some(raw) = backend.timer_service().pop_next_due(domain, up_to) else {
+            return Ok(false);
+        };
+        let key: O::Key = postcard::from_bytes(&raw.key)?;
+        backend.set_current_key_in_group(key, raw.key_group)?;
+        let timer = FiredTimer {
+            time: event_time_of_timer(raw.time),
+            domain,
+            namespace: raw.namespace,
+        };
+        op.on_timer(
+            &timer,
+            &mut KeyedContext::new(ctx.reborrow(), backend, true),
+        )?;
+    }
+    Ok(backend.next_timer(domain).is_some_and(|t| t <= up_to))
 }
 
 /// The end of a chain: calls the sink per record and drives its two-phase commit
@@ -679,6 +787,19 @@ impl<T: Data> ChainControl for Tee<T> {
             .collect();
         results.into_iter().collect()
     }
+
+    fn next_processing_timer(&mut self) -> Option<EventTime> {
+        self.outputs
+            .iter_mut()
+            .filter_map(|o| o.next_processing_timer())
+            .min()
+    }
+
+    fn on_processing_time(&mut self, now: EventTime, net: &mut Network) -> Result<(), StageError> {
+        self.outputs
+            .iter_mut()
+            .try_for_each(|o| o.on_processing_time(now, net))
+    }
 }
 
 /// The head of a chain fed from the network.
@@ -721,6 +842,7 @@ impl<T: Data> ChainControl for TypedHead<T> {
     }
 
     forward_checkpoints!(0);
+    forward_processing_time!(0);
 }
 
 /// The head of a chain that starts with a source.
@@ -857,6 +979,8 @@ impl<S: Source> ChainControl for SourceStage<S> {
     fn flush(&mut self, net: &mut Network) {
         self.core.next.flush(net)
     }
+
+    forward_processing_time!(core.next);
 }
 
 #[cfg(test)]

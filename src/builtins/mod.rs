@@ -8,6 +8,7 @@ pub mod decode;
 pub mod operators;
 pub mod sinks;
 pub mod sources;
+pub mod windows;
 
 pub use bad::{BadRecordStats, BadRecords, DeadLetterFile, OnError};
 pub use decode::{DecodeSpec, Decoder, FieldType, Format};
@@ -22,3 +23,4 @@ pub use sources::{
     FileSource, FileSourceSpec, FileSplit, GeneratorSource, GeneratorSpec, GeneratorSplit,
     InputFile, StdinSource, StdinSpec,
 };
+pub use windows::{RecordWindowAgg, WindowAggSpec, WindowSide};

@@ -245,8 +245,9 @@ pub struct AggSpec {
     pub output: Arc<str>,
 }
 
+/// The state of one aggregation (a keyed running aggregate, or a window pane).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-enum Acc {
+pub enum Acc {
     Count(i64),
     /// The running sum, min or max (`Null` until a non-null value arrives).
     Value(Value),
@@ -276,7 +277,8 @@ impl AggregateOperator {
     }
 }
 
-fn fold(kind: AggKind, acc: &mut Acc, v: &Value, field: &str) -> anyhow::Result<()> {
+/// Adds one value to an accumulator; errors name `field`.
+pub fn fold(kind: AggKind, acc: &mut Acc, v: &Value, field: &str) -> anyhow::Result<()> {
     match (kind, acc) {
         (AggKind::Count, Acc::Count(n)) => *n += 1,
         (_, _) if v.is_null() => {}

@@ -5,7 +5,8 @@
 //! reads its inputs through key-partitioned edges. Nodes with several inputs get one
 //! edge per input (a union); a node read by several nodes fans out.
 
-use super::model::{NodeKind, Topology};
+use super::model::{EventTimeSpec, NodeKind, Topology};
+use crate::builtins::windows::{timestamp_of, RecordWindowAgg, WindowAggSpec, WindowSide};
 use crate::builtins::{
     exactly_once_file_sink, AggSpec, AggregateOperator, BadRecordStats, DeadLetterFile, FileSink,
     FileSource, FilterOperator, FlatMapOperator, GeneratorSource, MapOperator, NullSink, OnError,
@@ -16,7 +17,10 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use weir_actors::operator::KeyFn;
-use weir_actors::{JobGraph, NodeId, Partitioning};
+use weir_actors::window::{WindowOperator, WindowTime};
+use weir_actors::{
+    JobGraph, NodeId, Partitioning, Source, SubtaskInfo, WatermarkStrategy, MIN_WATERMARK,
+};
 
 /// A job graph built from a topology, with what the CLI reports besides counts.
 pub struct BuiltJob {
@@ -44,6 +48,29 @@ pub fn key_fn(fields: &[Arc<str>]) -> KeyFn<Record, RecordKey> {
             )
         })
     }
+}
+
+/// A source node; with event time, its watermarks follow the timestamp field.
+fn add_source<S: Source<Out = Record>>(
+    graph: &mut JobGraph,
+    name: &str,
+    event_time: Option<&EventTimeSpec>,
+    make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+) -> NodeId {
+    let Some(spec) = event_time else {
+        return graph.add_source(name, make);
+    };
+    let field = spec.field.clone();
+    // A record without a usable time does not move the watermark; the window that
+    // reads it fails with a message naming the field.
+    let mut strategy =
+        WatermarkStrategy::bounded_out_of_orderness(spec.out_of_orderness, move |r: &Record| {
+            timestamp_of(r, &field).unwrap_or(MIN_WATERMARK)
+        });
+    if let Some(idle) = spec.idle_timeout {
+        strategy = strategy.with_idleness(idle);
+    }
+    graph.add_source_with_watermarks(name, strategy, make)
 }
 
 /// A node index and the key fields when the edge from it is key-partitioned.
@@ -83,6 +110,10 @@ pub fn build(t: &Topology) -> BuiltJob {
     let mut ids: HashMap<usize, NodeId> = HashMap::new();
     let mut bad_records = Vec::new();
     let mut keys = HashMap::new();
+    // Window nodes with a `late` sink: the node that passes their late records.
+    let mut late_sides: HashMap<usize, NodeId> = HashMap::new();
+    // Nodes whose inputs connect to another graph node than their output (windows).
+    let mut entries: HashMap<usize, NodeId> = HashMap::new();
 
     // Each node's resolved inputs.
     let inputs: Vec<Vec<Upstream>> = t
@@ -103,7 +134,9 @@ pub fn build(t: &Topology) -> BuiltJob {
             NodeKind::KeyBy(_) => continue,
             NodeKind::Generator(spec) => {
                 let spec = spec.clone();
-                graph.add_source(name, move |info| GeneratorSource::new(spec.clone(), info))
+                add_source(&mut graph, name, n.event_time.as_ref(), move |info| {
+                    GeneratorSource::new(spec.clone(), info)
+                })
             }
             NodeKind::File(spec) => {
                 let stats = Arc::new(BadRecordStats::default());
@@ -113,7 +146,7 @@ pub fn build(t: &Topology) -> BuiltJob {
                     _ => None,
                 };
                 let spec = spec.clone();
-                graph.add_source(name, move |info| {
+                add_source(&mut graph, name, n.event_time.as_ref(), move |info| {
                     FileSource::new(spec.clone(), info, dead.clone(), stats.clone())
                 })
             }
@@ -125,7 +158,7 @@ pub fn build(t: &Topology) -> BuiltJob {
                     _ => None,
                 };
                 let spec = spec.clone();
-                let node = graph.add_source(name, move |info| {
+                let node = add_source(&mut graph, name, n.event_time.as_ref(), move |info| {
                     StdinSource::new(spec.clone(), info, dead.clone(), stats.clone())
                 });
                 graph.set_parallelism(node, 1);
@@ -162,6 +195,51 @@ pub fn build(t: &Topology) -> BuiltJob {
                     AggregateOperator::new(spec.clone())
                 })
             }
+            NodeKind::Window(spec) => {
+                let key = inputs[i]
+                    .first()
+                    .and_then(|(_, k)| k.clone())
+                    .expect("validation: windows read a key_by");
+                let aggregate = Arc::new(WindowAggSpec {
+                    kind: spec.aggregate,
+                    key: key.clone(),
+                    field: spec.field.clone(),
+                    output: spec.output.clone(),
+                });
+                let time = match &spec.timestamp {
+                    Some(field) if !spec.processing_time => {
+                        let field = field.clone();
+                        WindowTime::Event(Arc::new(move |r: &Record| timestamp_of(r, &field)))
+                    }
+                    _ => WindowTime::Processing,
+                };
+                let (shape, lateness) = (spec.shape, spec.allowed_lateness);
+                let window = graph.add_keyed_operator(name, key_fn(&key), move |_| {
+                    WindowOperator::new(
+                        shape,
+                        time.clone(),
+                        lateness,
+                        RecordWindowAgg::new(aggregate.clone()),
+                    )
+                });
+                // The window's results and late records part right after it (chained).
+                let results =
+                    graph.add_operator(&format!("{name}.results"), |_| WindowSide { late: false });
+                graph.connect(window, results, Partitioning::default_for_edge());
+                let mut sides = vec![window];
+                if spec.late.is_some() {
+                    let late =
+                        graph.add_operator(&format!("{name}.late"), |_| WindowSide { late: true });
+                    graph.connect(window, late, Partitioning::default_for_edge());
+                    late_sides.insert(i, late);
+                    sides.push(late);
+                }
+                if let Some((p, _)) = &n.parallelism {
+                    sides.iter().for_each(|&s| graph.set_parallelism(s, *p));
+                }
+                entries.insert(i, window);
+                results
+            }
             NodeKind::Stdout(format) => {
                 let flag = Arc::new(AtomicBool::new(false));
                 let format = *format;
@@ -184,7 +262,9 @@ pub fn build(t: &Topology) -> BuiltJob {
     }
 
     for (i, n) in t.nodes.iter().enumerate() {
-        let Some(&to) = ids.get(&i) else { continue };
+        let Some(&to) = entries.get(&i).or(ids.get(&i)) else {
+            continue;
+        };
         for (from, key) in &inputs[i] {
             let partitioning = match key {
                 Some(fields) => {
@@ -193,7 +273,16 @@ pub fn build(t: &Topology) -> BuiltJob {
                 }
                 None => Partitioning::default_for_edge(),
             };
-            graph.connect(ids[from], to, partitioning);
+            let late_sink = match &t.nodes[*from].kind {
+                NodeKind::Window(spec) => spec.late.as_ref().is_some_and(|(s, _)| *s == n.id),
+                _ => false,
+            };
+            let from = if late_sink {
+                late_sides[from]
+            } else {
+                ids[from]
+            };
+            graph.connect(from, to, partitioning);
         }
     }
     BuiltJob {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use weir_actors::config::{CheckpointConfig, CheckpointMode, RestartStrategy, StateBackendChoice};
+use weir_actors::window::{Slicing, WindowKind};
 use weir_actors::JobConfig;
 use weir_state::key_group::MAX_MAX_PARALLELISM;
 
@@ -49,6 +50,7 @@ impl Role {
             Role::Source => &["generator", "file", "stdin"],
             Role::Operator => &[
                 "map", "filter", "flat_map", "key_by", "count", "sum", "min", "max", "avg",
+                "window",
             ],
             Role::Sink => &["stdout", "file", "null"],
         }
@@ -64,10 +66,38 @@ pub struct Node {
     pub inputs: Vec<(String, Origin)>,
     pub parallelism: Option<(u32, Origin)>,
     pub kind: NodeKind,
+    /// Sources: where records carry their event time, and how watermarks follow it.
+    pub event_time: Option<EventTimeSpec>,
     /// The fields this node reads, where the topology names them.
     pub reads: Vec<FieldRef>,
     /// The node's table.
     pub at: Origin,
+}
+
+/// A source's event time: `timestamp = "FIELD"` (integer ms since the epoch),
+/// `out_of_orderness` and `idle_timeout`.
+#[derive(Debug, Clone)]
+pub struct EventTimeSpec {
+    pub field: Arc<str>,
+    pub out_of_orderness: Duration,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A window node: `kind` tumbling / sliding / session, an aggregate over a field,
+/// allowed lateness and the sink that takes its late records.
+#[derive(Debug, Clone)]
+pub struct WindowNodeSpec {
+    pub shape: WindowKind,
+    /// The event-time field; `None` in processing time.
+    pub timestamp: Option<Arc<str>>,
+    /// `time = "processing"`.
+    pub processing_time: bool,
+    pub aggregate: AggKind,
+    pub field: Option<Arc<str>>,
+    pub output: Arc<str>,
+    pub allowed_lateness: i64,
+    /// The sink (reading this window) that gets the late records.
+    pub late: Option<(String, Origin)>,
 }
 
 /// A field named by a setting (`select`, `where`, `key`, ...).
@@ -106,6 +136,7 @@ pub enum NodeKind {
         field: Option<Arc<str>>,
         output: Arc<str>,
     },
+    Window(Arc<WindowNodeSpec>),
     Stdout(SinkFormat),
     FileSink(PathBuf, SinkFormat),
     /// `type = "file"` with `semantics = "exactly_once"`; where `semantics` was set.
@@ -133,8 +164,8 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Topology, TopologyError> {
         |s| s.to_string_lossy().into_owned(),
     );
     let ctx = Ctx { text: &text, base };
-    let (job, nodes) = parse_document(&document, &ctx, &stem).map_err(render)?;
-    validate(&job, &nodes, &text).map_err(render)?;
+    let (job, mut nodes) = parse_document(&document, &ctx, &stem).map_err(render)?;
+    validate(&job, &mut nodes, &text).map_err(render)?;
     Ok(Topology {
         path: display,
         job,
@@ -151,8 +182,8 @@ pub fn parse_str(text: &str, base: &Path, name: &str) -> Result<Topology, Topolo
         text,
         base: base.to_path_buf(),
     };
-    let (job, nodes) = parse_document(&document, &ctx, "weir-job").map_err(render)?;
-    validate(&job, &nodes, text).map_err(render)?;
+    let (job, mut nodes) = parse_document(&document, &ctx, "weir-job").map_err(render)?;
+    validate(&job, &mut nodes, text).map_err(render)?;
     Ok(Topology {
         path: name.to_string(),
         job,
@@ -703,6 +734,7 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
                 &["key"],
             )
         }
+        (Role::Operator, "window") => (parse_window(&mut r, &mut reads)?, WINDOW_KEYS),
         (Role::Operator, agg) => {
             let kind = match agg {
                 "count" => AggKind::Count,
@@ -739,7 +771,22 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
         (Role::Sink, "file") => parse_file_sink(&mut r, ctx)?,
         _ => (NodeKind::Null, &[]),
     };
-    let known: Vec<&str> = COMMON_KEYS.iter().chain(keys).copied().collect();
+    let event_time = if role == Role::Source {
+        parse_event_time(&mut r)?
+    } else {
+        None
+    };
+    let source_keys: &[&str] = if role == Role::Source {
+        EVENT_TIME_KEYS
+    } else {
+        &[]
+    };
+    let known: Vec<&str> = COMMON_KEYS
+        .iter()
+        .chain(keys)
+        .chain(source_keys)
+        .copied()
+        .collect();
     r.finish(&known)?;
     Ok(Node {
         id,
@@ -749,9 +796,225 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
         inputs,
         parallelism,
         kind,
+        event_time,
         reads,
         at: item.at.clone(),
     })
+}
+
+const EVENT_TIME_KEYS: &[&str] = &["timestamp", "out_of_orderness", "idle_timeout"];
+const WINDOW_KEYS: &[&str] = &[
+    "kind",
+    "size",
+    "slide",
+    "gap",
+    "time",
+    "timestamp",
+    "aggregate",
+    "field",
+    "output",
+    "allowed_lateness",
+    "late",
+];
+
+/// A duration: an integer of milliseconds, or a string with a unit
+/// (`"250ms"`, `"10s"`, `"5m"`, `"1h"`, `"1d"`).
+fn duration(
+    r: &mut Reader,
+    key: &str,
+    example: &str,
+) -> Result<Option<(Duration, Origin)>, Problem> {
+    let Some(v) = r.get(key) else { return Ok(None) };
+    let bad = |found: String| {
+        Problem::new(
+            &v.at,
+            format!("`{key}` in {} must be a duration, found {found}", r.what),
+        )
+        .fix(format!(
+            "write it like `{key} = {example}` (units: ms, s, m, h, d; a bare integer is ms)"
+        ))
+    };
+    let ms = match &v.kind {
+        Kind::Int(i) if *i >= 0 => *i as u64,
+        Kind::Int(i) => return Err(bad(i.to_string())),
+        Kind::Str(text) => {
+            let t = text.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (digits, unit) = t.split_at(split);
+            let unit_ms = match unit.trim() {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" | "min" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                _ => return Err(bad(format!("\"{text}\""))),
+            };
+            match digits
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(unit_ms))
+            {
+                Some(ms) => ms,
+                None => return Err(bad(format!("\"{text}\""))),
+            }
+        }
+        _ => return Err(bad(v.describe().to_string())),
+    };
+    Ok(Some((Duration::from_millis(ms), v.at.clone())))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn parse_event_time(r: &mut Reader) -> Result<Option<EventTimeSpec>, Problem> {
+    let field = r.string("timestamp", "\"ts\"")?;
+    let bound = duration(r, "out_of_orderness", "\"5s\"")?;
+    let idle = duration(r, "idle_timeout", "\"1m\"")?;
+    let Some((field, _)) = field else {
+        if let Some((_, at)) = bound.or(idle) {
+            return Err(Problem::new(&at, format!("{} sets watermarks but no event time", r.what))
+                .fix("add `timestamp = \"FIELD\"` naming the field with each record's event time (ms since the epoch)"));
+        }
+        return Ok(None);
+    };
+    Ok(Some(EventTimeSpec {
+        field: Arc::from(field),
+        out_of_orderness: bound.map_or(Duration::ZERO, |(d, _)| d),
+        idle_timeout: idle.map(|(d, _)| d),
+    }))
+}
+
+fn parse_window(r: &mut Reader, reads: &mut Vec<FieldRef>) -> Result<NodeKind, Problem> {
+    const KINDS: &[&str] = &["tumbling", "sliding", "session"];
+    let (kind, kind_at) = r.required_string("kind", "\"tumbling\"")?;
+    let positive = |r: &mut Reader, key: &str, example: &str| -> Result<i64, Problem> {
+        match duration(r, key, example)? {
+            Some((d, at)) if d.is_zero() => Err(Problem::new(
+                &at,
+                format!("`{key}` in {} must be positive", r.what),
+            )
+            .fix(format!("write it like `{key} = {example}`"))),
+            Some((d, _)) => Ok(millis(d)),
+            None => Err(r.missing(key, example)),
+        }
+    };
+    let refuse = |r: &mut Reader, key: &str, why: &str| -> Result<(), Problem> {
+        if r.has(key) {
+            return Err(
+                Problem::new(&r.key_at(key), format!("{} has no `{key}`: {why}", r.what))
+                    .fix(format!("remove `{key}`")),
+            );
+        }
+        Ok(())
+    };
+    let shape = match kind.as_str() {
+        "tumbling" => {
+            refuse(r, "slide", "tumbling windows slide by their size")?;
+            refuse(r, "gap", "only session windows have a gap")?;
+            WindowKind::Sliding(
+                Slicing::tumbling(positive(r, "size", "\"1m\"")?).expect("positive"),
+            )
+        }
+        "sliding" => {
+            refuse(r, "gap", "only session windows have a gap")?;
+            let size = positive(r, "size", "\"1h\"")?;
+            let slide = positive(r, "slide", "\"1m\"")?;
+            let slicing = Slicing::sliding(size, slide).map_err(|e| {
+                Problem::new(&r.key_at("slide"), e)
+                    .fix("make `slide` at most `size` (equal sizes are tumbling windows)")
+            })?;
+            WindowKind::Sliding(slicing)
+        }
+        "session" => {
+            refuse(
+                r,
+                "size",
+                "a session lasts while records keep coming; set its `gap`",
+            )?;
+            refuse(r, "slide", "only sliding windows slide")?;
+            WindowKind::Session {
+                gap: positive(r, "gap", "\"30s\"")?,
+            }
+        }
+        other => {
+            let fix = match closest(other, KINDS) {
+                Some(k) => format!("did you mean `{k}`?"),
+                None => format!("the window kinds are: {}", KINDS.join(", ")),
+            };
+            return Err(Problem::new(&kind_at, format!("unknown window kind `{other}`")).fix(fix));
+        }
+    };
+    let processing_time = match r.string("time", "\"event\"")? {
+        None => false,
+        Some((t, _)) if t == "event" => false,
+        Some((t, _)) if t == "processing" => true,
+        Some((t, at)) => {
+            return Err(Problem::new(&at, format!("unknown window time `{t}`"))
+                .fix("write `time = \"event\"` (the default: records' event time) or `time = \"processing\"` (the wall clock)"))
+        }
+    };
+    let timestamp = r.string("timestamp", "\"ts\"")?;
+    if processing_time && timestamp.is_some() {
+        return Err(Problem::new(
+            &r.key_at("timestamp"),
+            format!("{} works in processing time: it reads no timestamp", r.what),
+        )
+        .fix("remove `timestamp`, or `time = \"processing\"` to window by event time"));
+    }
+    if let Some((f, at)) = &timestamp {
+        reads.push(FieldRef::new(f, at, "timestamp"));
+    }
+    const AGGREGATES: &[&str] = &["count", "sum", "min", "max", "avg"];
+    let (agg, agg_at) = r.required_string("aggregate", "\"count\"")?;
+    let aggregate = match agg.as_str() {
+        "count" => AggKind::Count,
+        "sum" => AggKind::Sum,
+        "min" => AggKind::Min,
+        "max" => AggKind::Max,
+        "avg" => AggKind::Avg,
+        other => {
+            let fix = match closest(other, AGGREGATES) {
+                Some(k) => format!("did you mean `{k}`?"),
+                None => format!("the window aggregates are: {}", AGGREGATES.join(", ")),
+            };
+            return Err(
+                Problem::new(&agg_at, format!("unknown window aggregate `{other}`")).fix(fix),
+            );
+        }
+    };
+    let field = if aggregate == AggKind::Count {
+        refuse(r, "field", "count counts records")?;
+        None
+    } else {
+        let (f, at) = r.required_string("field", "\"value\"")?;
+        reads.push(FieldRef::new(&f, &at, "field"));
+        Some(Arc::from(f))
+    };
+    let output = r
+        .string("output", &format!("\"{}\"", aggregate.name()))?
+        .map_or_else(|| Arc::from(aggregate.name()), |(s, _)| Arc::from(s));
+    let allowed_lateness = match duration(r, "allowed_lateness", "\"30s\"")? {
+        Some((_, at)) if processing_time => {
+            return Err(
+                Problem::new(&at, "processing-time windows have no late records")
+                    .fix("remove `allowed_lateness`, or window by event time"),
+            )
+        }
+        Some((d, _)) => millis(d),
+        None => 0,
+    };
+    let late = r.string("late", "\"late_records\"")?;
+    Ok(NodeKind::Window(Arc::new(WindowNodeSpec {
+        shape,
+        timestamp: timestamp.map(|(f, _)| Arc::from(f)),
+        processing_time,
+        aggregate,
+        field,
+        output,
+        allowed_lateness,
+        late,
+    })))
 }
 
 const FILE_KEYS: &[&str] = &[
@@ -1228,7 +1491,32 @@ fn sink_format(r: &mut Reader, path: Option<&Path>) -> Result<SinkFormat, Proble
 // ---------------------------------------------------------------------------------
 // Graph validation
 
-fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> {
+/// The graph's structure first, then windows (which complete their timestamp field
+/// from their sources), then the fields every node reads.
+fn validate(job: &JobConfig, nodes: &mut [Node], text: &str) -> Result<(), Problem> {
+    validate_graph(job, nodes, text)?;
+    let defaults = check_windows(nodes)?;
+    for (i, field) in defaults {
+        let NodeKind::Window(spec) = &nodes[i].kind else {
+            continue;
+        };
+        let mut spec = (**spec).clone();
+        spec.timestamp = Some(Arc::from(field.as_str()));
+        let at = nodes[i].id_at.clone();
+        nodes[i]
+            .reads
+            .push(FieldRef::new(&field, &at, "timestamp (the source's)"));
+        nodes[i].kind = NodeKind::Window(Arc::new(spec));
+    }
+    let by_id: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    check_fields(nodes, &by_id)
+}
+
+fn validate_graph(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> {
     let mut by_id: HashMap<&str, usize> = HashMap::new();
     for (i, n) in nodes.iter().enumerate() {
         if let Some(&first) = by_id.get(n.id.as_str()) {
@@ -1325,7 +1613,12 @@ fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> 
     }
     // Keyed aggregations read a key_by; every output is read.
     for n in nodes {
-        if let NodeKind::Aggregate { kind, .. } = &n.kind {
+        let keyed_kind = match &n.kind {
+            NodeKind::Aggregate { kind, .. } => Some(kind.name()),
+            NodeKind::Window(_) => Some("window"),
+            _ => None,
+        };
+        if let Some(kind) = keyed_kind {
             let keyed = n.inputs.len() == 1
                 && matches!(
                     nodes[by_id[n.inputs[0].0.as_str()]].kind,
@@ -1333,7 +1626,7 @@ fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> 
                 );
             if !keyed {
                 let (input, at) = &n.inputs[0];
-                return Err(Problem::new(at, format!("{} `{}` needs a keyed input, but `{input}` is not a key_by", kind.name(), n.id)).fix(format!(
+                return Err(Problem::new(at, format!("{kind} `{}` needs a keyed input, but `{input}` is not a key_by", n.id)).fix(format!(
                     "add [[operator]] id = \"by_key\", type = \"key_by\", key = [\"FIELD\"], input = \"{input}\" and set `input = \"by_key\"` here"
                 )));
             }
@@ -1363,7 +1656,6 @@ fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> 
     }
     check_paths(nodes)?;
     check_exactly_once_sinks(job, nodes)?;
-    check_fields(nodes, &by_id)?;
     let stdins: Vec<&Node> = nodes
         .iter()
         .filter(|n| matches!(n.kind, NodeKind::Stdin(_)))
@@ -1377,6 +1669,94 @@ fn validate(job: &JobConfig, nodes: &[Node], text: &str) -> Result<(), Problem> 
         );
     }
     Ok(())
+}
+
+/// The sources a node reads from, directly or through other nodes.
+fn sources_upstream<'n>(
+    i: usize,
+    nodes: &'n [Node],
+    by_id: &HashMap<&str, usize>,
+    out: &mut Vec<&'n Node>,
+) {
+    let n = &nodes[i];
+    if n.role == Role::Source {
+        if !out.iter().any(|s| s.id == n.id) {
+            out.push(n);
+        }
+        return;
+    }
+    for (input, _) in &n.inputs {
+        sources_upstream(by_id[input.as_str()], nodes, by_id, out);
+    }
+}
+
+/// Event-time windows need event time at every source upstream; a window without
+/// `timestamp` reads their field (returned, per window, to fill in). A `late` sink
+/// reads only its window.
+fn check_windows(nodes: &[Node]) -> Result<Vec<(usize, String)>, Problem> {
+    let by_id: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    let mut defaults = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let NodeKind::Window(spec) = &n.kind else {
+            continue;
+        };
+        if let Some((late, at)) = &spec.late {
+            let ok = by_id
+                .get(late.as_str())
+                .map(|&j| &nodes[j])
+                .filter(|s| s.role == Role::Sink);
+            let Some(sink) = ok else {
+                let sinks: Vec<&str> = nodes
+                    .iter()
+                    .filter(|s| s.role == Role::Sink)
+                    .map(|s| s.id.as_str())
+                    .collect();
+                return Err(Problem::new(at, format!("`late` of window `{}` names `{late}`, which is not a sink", n.id))
+                    .fix(match closest(late, &sinks) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("add [[sink]] id = \"{late}\", input = \"{}\" (it gets the records too late for every window)", n.id),
+                    }));
+            };
+            if sink.inputs.len() != 1 || sink.inputs[0].0 != n.id {
+                let at = sink.inputs.first().map_or(&sink.id_at, |(_, at)| at);
+                return Err(Problem::new(at, format!("sink `{late}` takes the late records of window `{}`, so it must read that window alone", n.id))
+                    .fix(format!("set `input = \"{}\"` on sink `{late}`", n.id)));
+            }
+        }
+        if spec.processing_time {
+            continue;
+        }
+        let mut sources = Vec::new();
+        sources_upstream(i, nodes, &by_id, &mut sources);
+        if let Some(untimed) = sources.iter().find(|s| s.event_time.is_none()) {
+            return Err(Problem::new(&n.id_at, format!("window `{}` works in event time, but source `{}` gives its records none", n.id, untimed.id))
+                .fix(format!("add `timestamp = \"FIELD\"` (and e.g. `out_of_orderness = \"5s\"`) to source `{}`, or set `time = \"processing\"` on the window", untimed.id)));
+        }
+        if spec.timestamp.is_none() {
+            let fields: Vec<&str> = sources
+                .iter()
+                .filter_map(|s| s.event_time.as_ref())
+                .map(|e| &*e.field)
+                .collect();
+            if fields.iter().any(|f| *f != fields[0]) {
+                return Err(Problem::new(
+                    &n.id_at,
+                    format!(
+                        "the sources of window `{}` keep event time in different fields ({})",
+                        n.id,
+                        fields.join(", ")
+                    ),
+                )
+                .fix("name the field this window reads: `timestamp = \"FIELD\"`"));
+            }
+            defaults.push((i, fields[0].to_string()));
+        }
+    }
+    Ok(defaults)
 }
 
 /// The fields a node's records carry, when the topology tells.
@@ -1471,6 +1851,22 @@ fn check_fields(nodes: &[Node], by_id: &HashMap<&str, usize>) -> Result<(), Prob
                 let mut f = key;
                 if !f.iter().any(|x| **x == **output) {
                     f.push(output.to_string());
+                }
+                Fields::Known(f)
+            }
+            (NodeKind::Window(spec), _) => {
+                let mut f = match &nodes[by_id[n.inputs[0].0.as_str()]].kind {
+                    NodeKind::KeyBy(k) => k.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                };
+                for name in [
+                    crate::builtins::windows::WINDOW_START,
+                    crate::builtins::windows::WINDOW_END,
+                    &spec.output,
+                ] {
+                    if !f.iter().any(|x| x == name) {
+                        f.push(name.to_string());
+                    }
                 }
                 Fields::Known(f)
             }

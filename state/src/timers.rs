@@ -83,6 +83,15 @@ impl TimerService {
         due
     }
 
+    /// Removes and returns the earliest timer if it is due at `up_to`. Firing one at a
+    /// time lets a handler register timers that are due at once and fire in order.
+    pub fn pop_next_due(&mut self, domain: TimeDomain, up_to: u64) -> Option<RawTimer> {
+        if self.next_time(domain)? > up_to {
+            return None;
+        }
+        self.queue(domain).pop_first()
+    }
+
     pub fn len(&self) -> usize {
         self.event.len() + self.processing.len()
     }
@@ -172,6 +181,10 @@ mod tests {
         let fired = s.pop_due(TimeDomain::EventTime, 4);
         assert_eq!(fired, vec![t(3, 2)]);
         assert_eq!(s.len(), 2);
+        assert_eq!(s.pop_next_due(TimeDomain::EventTime, 4), None);
+        assert_eq!(s.pop_next_due(TimeDomain::EventTime, 5), Some(t(5, 1)));
+        assert_eq!(s.pop_next_due(TimeDomain::EventTime, 5), None);
+        s.register(TimeDomain::EventTime, t(5, 1));
         let groups = frozen.by_key_group(KeyGroupRange { start: 0, end: 1 });
         assert_eq!(
             groups[&0][0].len(),

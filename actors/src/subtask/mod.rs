@@ -21,7 +21,7 @@ use crate::master::{
     SubtaskOpened,
 };
 use crate::network::{AnyBatch, Credit, Deliver, InputSource, Network, OutputTarget};
-use crate::operator::SourcePoll;
+use crate::operator::{processing_time_now, EventTime, SourcePoll};
 use crate::stage::{ChainControl, InputHead, SourceHead};
 use crate::time::watermarks::{WatermarkOutput, WatermarkTracker};
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message};
@@ -78,6 +78,8 @@ pub(crate) struct SubtaskActor {
     phase: Phase,
     pump_scheduled: bool,
     linger_armed: bool,
+    /// The processing time a wake-up is scheduled for (keyed operators' timers).
+    processing_timer_at: Option<EventTime>,
     batch_size: usize,
     channel_capacity: usize,
     linger: Duration,
@@ -143,6 +145,7 @@ impl SubtaskActor {
             phase: Phase::Created,
             pump_scheduled: false,
             linger_armed: false,
+            processing_timer_at: None,
             batch_size: config.batch_size,
             channel_capacity: config.channel_capacity,
             linger: config.linger,
@@ -193,6 +196,38 @@ impl SubtaskActor {
             }
         }
         self.arm_linger(ctx);
+        self.arm_processing_timer(ctx);
+    }
+
+    /// Schedules a wake-up for the chain's earliest processing-time timer, unless an
+    /// earlier one is scheduled already.
+    fn arm_processing_timer(&mut self, ctx: &mut Context<Self>) {
+        let Ok(head) = self.head.as_mut() else { return };
+        let Some(due) = head.control().next_processing_timer() else {
+            return;
+        };
+        if self.phase != Phase::Running || self.processing_timer_at.is_some_and(|at| at <= due) {
+            return;
+        }
+        self.processing_timer_at = Some(due);
+        let delay = Duration::from_millis(due.saturating_sub(processing_time_now()).max(0) as u64);
+        ctx.run_later(delay, move |actor, ctx| {
+            if actor.processing_timer_at != Some(due) {
+                return; // superseded by an earlier wake-up, which re-arms
+            }
+            actor.processing_timer_at = None;
+            if actor.phase != Phase::Running {
+                return;
+            }
+            let head = actor.head.as_mut().expect("running subtasks have a chain");
+            match head
+                .control()
+                .on_processing_time(processing_time_now(), &mut actor.net)
+            {
+                Ok(()) => actor.pump(ctx),
+                Err(error) => actor.fail(error, ctx),
+            }
+        });
     }
 
     /// One unit of work; false when there is nothing to do now.
