@@ -276,7 +276,9 @@ fn both_backends(test: impl Fn(StateBackendChoice)) {
 fn a_failure_free_run_commits_every_line_once_by_its_final_checkpoint() {
     let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let report = Run::new(chk.path(), out.path()).go().unwrap();
-    assert!(report.checkpoints >= 2, "periodic ones and the final one");
+    // However fast the run (periodic ones may not complete first), the final
+    // checkpoint commits the rest.
+    assert!(report.checkpoints >= 1, "the final checkpoint");
     assert_exactly_once(out.path());
     assert!(
         names(out.path()).len() > 2,

@@ -210,7 +210,11 @@ impl SubtaskActor {
             return;
         }
         self.processing_timer_at = Some(due);
-        let delay = Duration::from_millis(due.saturating_sub(processing_time_now()).max(0) as u64);
+        // A timer for `t` fires once the clock has passed `t`: a record arriving at
+        // clock `t` still lands in windows that end after `t`, never in one whose
+        // timer already fired (which would then fire twice).
+        let delay =
+            Duration::from_millis((due + 1).saturating_sub(processing_time_now()).max(0) as u64);
         ctx.run_later(delay, move |actor, ctx| {
             if actor.processing_timer_at != Some(due) {
                 return; // superseded by an earlier wake-up, which re-arms
@@ -222,7 +226,7 @@ impl SubtaskActor {
             let head = actor.head.as_mut().expect("running subtasks have a chain");
             match head
                 .control()
-                .on_processing_time(processing_time_now(), &mut actor.net)
+                .on_processing_time(processing_time_now() - 1, &mut actor.net)
             {
                 Ok(()) => actor.pump(ctx),
                 Err(error) => actor.fail(error, ctx),
