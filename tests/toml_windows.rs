@@ -45,6 +45,8 @@ count = 6000
 fields = { i = "i", user = "i % 3", amount = "i % 13", ts = "(i * 10 + (i / 200) * 5000) * (1 - i % 50 / 49)" }
 timestamp = "ts"
 out_of_orderness = "100ms"
+# A watermark after every batch, so the late records are late however fast the run.
+watermark_interval = 0
 
 [[operator]]
 id = "by_user"

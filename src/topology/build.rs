@@ -70,6 +70,9 @@ fn add_source<S: Source<Out = Record>>(
     if let Some(idle) = spec.idle_timeout {
         strategy = strategy.with_idleness(idle);
     }
+    if let Some(interval) = spec.watermark_interval {
+        strategy = strategy.with_interval(interval);
+    }
     graph.add_source_with_watermarks(name, strategy, make)
 }
 

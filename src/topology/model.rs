@@ -75,12 +75,14 @@ pub struct Node {
 }
 
 /// A source's event time: `timestamp = "FIELD"` (integer ms since the epoch),
-/// `out_of_orderness` and `idle_timeout`.
+/// `out_of_orderness`, `idle_timeout` and `watermark_interval`.
 #[derive(Debug, Clone)]
 pub struct EventTimeSpec {
     pub field: Arc<str>,
     pub out_of_orderness: Duration,
     pub idle_timeout: Option<Duration>,
+    /// At most one watermark per interval (0: after every polled batch).
+    pub watermark_interval: Option<Duration>,
 }
 
 /// A window node: `kind` tumbling / sliding / session, an aggregate over a field,
@@ -802,7 +804,12 @@ fn parse_node(item: &Val, role: Role, ctx: &Ctx) -> Result<Node, Problem> {
     })
 }
 
-const EVENT_TIME_KEYS: &[&str] = &["timestamp", "out_of_orderness", "idle_timeout"];
+const EVENT_TIME_KEYS: &[&str] = &[
+    "timestamp",
+    "out_of_orderness",
+    "idle_timeout",
+    "watermark_interval",
+];
 const WINDOW_KEYS: &[&str] = &[
     "kind",
     "size",
@@ -871,8 +878,9 @@ fn parse_event_time(r: &mut Reader) -> Result<Option<EventTimeSpec>, Problem> {
     let field = r.string("timestamp", "\"ts\"")?;
     let bound = duration(r, "out_of_orderness", "\"5s\"")?;
     let idle = duration(r, "idle_timeout", "\"1m\"")?;
+    let interval = duration(r, "watermark_interval", "\"200ms\"")?;
     let Some((field, _)) = field else {
-        if let Some((_, at)) = bound.or(idle) {
+        if let Some((_, at)) = bound.or(idle).or(interval) {
             return Err(Problem::new(&at, format!("{} sets watermarks but no event time", r.what))
                 .fix("add `timestamp = \"FIELD\"` naming the field with each record's event time (ms since the epoch)"));
         }
@@ -882,6 +890,7 @@ fn parse_event_time(r: &mut Reader) -> Result<Option<EventTimeSpec>, Problem> {
         field: Arc::from(field),
         out_of_orderness: bound.map_or(Duration::ZERO, |(d, _)| d),
         idle_timeout: idle.map(|(d, _)| d),
+        watermark_interval: interval.map(|(d, _)| d),
     }))
 }
 
