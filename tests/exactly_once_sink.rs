@@ -80,6 +80,14 @@ impl Source for Numbers {
 struct FailingCommit {
     files: ExactlyOnceFileSink<(u64, u64)>,
     fault: Option<(u32, Fault)>,
+    /// Fails its second pre-commit (a failed snapshot of the sink) once.
+    pre_commit_fault: Option<Fault>,
+    pre_commits: u32,
+    /// Fails a restore that takes over some state (not a fresh start) once.
+    restore_fault: Option<Fault>,
+    /// Fails a write once a checkpoint has committed (so there is state to restore).
+    write_fault: Option<Fault>,
+    committed: bool,
     index: u32,
     /// Records written since the last pre-commit; and whether one pre-committed some.
     wrote: bool,
@@ -93,9 +101,19 @@ impl Sink for FailingCommit {
         self.files.open(info)
     }
     fn restore(&mut self, states: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        if let Some(fault) = &self.restore_fault {
+            if fault.fires(!states.is_empty()) {
+                anyhow::bail!("injected failure while restoring the sink");
+            }
+        }
         self.files.restore(states)
     }
     fn write(&mut self, record: (u64, u64)) -> anyhow::Result<()> {
+        if let Some(fault) = &self.write_fault {
+            if fault.fires(self.committed) {
+                anyhow::bail!("injected failure writing after a commit");
+            }
+        }
         self.wrote = true;
         self.files.write(record)
     }
@@ -103,10 +121,17 @@ impl Sink for FailingCommit {
         self.files.finish()
     }
     fn pre_commit(&mut self, id: CheckpointId) -> anyhow::Result<Option<PreCommit>> {
+        self.pre_commits += 1;
+        if let Some(fault) = &self.pre_commit_fault {
+            if fault.fires(self.pre_commits == 2) {
+                anyhow::bail!("injected failure in the pre-commit of checkpoint {id}");
+            }
+        }
         self.pending |= std::mem::take(&mut self.wrote);
         self.files.pre_commit(id)
     }
     fn commit(&mut self, id: CheckpointId) -> anyhow::Result<()> {
+        self.committed = true;
         if let Some((index, fault)) = &self.fault {
             assert!(
                 !fault.fires(self.index == *index && self.pending),
@@ -126,6 +151,9 @@ struct Run<'a> {
     /// The map panics once it reaches this record.
     panic_at: Option<(u64, Fault)>,
     commit_fault: Option<(u32, Fault)>,
+    pre_commit_fault: Option<Fault>,
+    restore_fault: Option<Fault>,
+    write_fault: Option<Fault>,
     sink_parallelism: u32,
     /// Ask for a stop with a savepoint this long after the start.
     stop_after: Option<Duration>,
@@ -141,6 +169,9 @@ impl<'a> Run<'a> {
             restart: RestartStrategy::None,
             panic_at: None,
             commit_fault: None,
+            pre_commit_fault: None,
+            restore_fault: None,
+            write_fault: None,
             sink_parallelism: 2,
             stop_after: None,
             mode: CheckpointMode::Aligned,
@@ -168,6 +199,8 @@ impl<'a> Run<'a> {
         .suffix(".csv")
         .roll_bytes(4096);
         let (panic_at, commit_fault) = (self.panic_at, self.commit_fault);
+        let (pre_commit_fault, restore_fault) = (self.pre_commit_fault, self.restore_fault);
+        let write_fault = self.write_fault;
         job.source("numbers", |info| Numbers {
             next: info.index as u64,
             step: info.parallelism as u64,
@@ -184,6 +217,11 @@ impl<'a> Run<'a> {
         .sink_with_parallelism("files", self.sink_parallelism, move |_| FailingCommit {
             files: files.clone(),
             fault: commit_fault.clone(),
+            pre_commit_fault: pre_commit_fault.clone(),
+            pre_commits: 0,
+            restore_fault: restore_fault.clone(),
+            write_fault: write_fault.clone(),
+            committed: false,
             index: 0,
             wrote: false,
             pending: false,
@@ -377,6 +415,51 @@ fn unaligned_checkpoints_keep_the_output_exactly_once_across_a_restart() {
     assert!(fault.fired());
     assert_eq!(report.restarts, 1);
     assert_exactly_once(out.path());
+}
+
+#[test]
+fn a_failed_snapshot_of_the_sink_restarts_and_the_output_stays_exactly_once() {
+    both_backends(|backend| {
+        let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let fault = Fault::armed();
+        let report = Run {
+            backend,
+            restart: RestartStrategy::FixedDelay {
+                attempts: 3,
+                delay_ms: 5,
+            },
+            pre_commit_fault: Some(fault.clone()),
+            ..Run::new(chk.path(), out.path())
+        }
+        .go()
+        .unwrap();
+        assert!(fault.fired());
+        assert!(report.restarts >= 1, "{backend:?}");
+        assert_exactly_once(out.path());
+    });
+}
+
+#[test]
+fn a_failure_while_restoring_the_sink_is_restarted_again_and_stays_exactly_once() {
+    both_backends(|backend| {
+        let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (panic, restore) = (Fault::armed(), Fault::armed());
+        let report = Run {
+            backend,
+            restart: RestartStrategy::FixedDelay {
+                attempts: 3,
+                delay_ms: 5,
+            },
+            write_fault: Some(panic.clone()),
+            restore_fault: Some(restore.clone()),
+            ..Run::new(chk.path(), out.path())
+        }
+        .go()
+        .unwrap();
+        assert!(panic.fired() && restore.fired(), "{backend:?}");
+        assert!(report.restarts >= 2, "{backend:?}: the restore failed once");
+        assert_exactly_once(out.path());
+    });
 }
 
 #[test]
