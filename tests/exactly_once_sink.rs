@@ -4,75 +4,20 @@
 //! The committed files must hold exactly the lines of a failure-free run, on both
 //! state backends, and readers must never see a part that is not complete.
 
+mod common;
+
+use common::{Fault, Faults, Numbers, KEYS, RECORDS};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use weir::config::StateBackendChoice;
 use weir::{
-    CheckpointConfig, CheckpointId, CheckpointMode, Context, ExactlyOnceFileSink, JobConfig,
-    JobControl, JobError, JobReport, PreCommit, RestartStrategy, Sink, Source, SourcePoll,
-    StreamJob, SubtaskInfo,
+    CheckpointConfig, CheckpointId, CheckpointMode, ExactlyOnceFileSink, JobConfig, JobControl,
+    JobError, JobReport, PreCommit, RestartStrategy, Sink, StreamJob, SubtaskInfo,
 };
-
-const RECORDS: u64 = 40_000;
-const KEYS: u64 = 97;
-
-/// A fault that fires once: the first time its condition holds.
-#[derive(Clone)]
-struct Fault(Arc<AtomicBool>);
-
-impl Fault {
-    fn armed() -> Self {
-        Fault(Arc::new(AtomicBool::new(true)))
-    }
-
-    fn fires(&self, condition: bool) -> bool {
-        condition && self.0.swap(false, Ordering::SeqCst)
-    }
-
-    fn fired(&self) -> bool {
-        !self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Numbers `index, index + p, …` below `RECORDS`, paced at 100 per ms per subtask so
-/// that periodic checkpoints complete while the job runs; resumable.
-struct Numbers {
-    next: u64,
-    step: u64,
-    started: Option<Instant>,
-}
-
-impl Source for Numbers {
-    type Out = u64;
-    fn poll(&mut self, ctx: &mut Context<'_, u64>, max: usize) -> anyhow::Result<SourcePoll> {
-        let started = *self.started.get_or_insert_with(Instant::now);
-        let due = (started.elapsed().as_millis() as u64 + 1) * 100 * self.step;
-        let mut emitted = 0;
-        while self.next < RECORDS && self.next < due && emitted < max {
-            ctx.emit(self.next);
-            self.next += self.step;
-            emitted += 1;
-        }
-        Ok(match (self.next >= RECORDS, emitted) {
-            (true, _) => SourcePoll::Finished,
-            (false, 0) => SourcePoll::Pending(Duration::from_millis(1)),
-            _ => SourcePoll::Ready,
-        })
-    }
-
-    fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(Some(self.next.to_le_bytes().to_vec()))
-    }
-
-    fn restore_position(&mut self, position: &[u8]) -> anyhow::Result<()> {
-        self.next = u64::from_le_bytes(position.try_into()?);
-        Ok(())
-    }
-}
 
 /// The exactly-once file sink, with a commit that panics once in subtask `index`
 /// while `fault` is armed: a failure after the pre-commit of a completed checkpoint,
@@ -201,10 +146,13 @@ impl<'a> Run<'a> {
         let (panic_at, commit_fault) = (self.panic_at, self.commit_fault);
         let (pre_commit_fault, restore_fault) = (self.pre_commit_fault, self.restore_fault);
         let write_fault = self.write_fault;
-        job.source("numbers", |info| Numbers {
-            next: info.index as u64,
-            step: info.parallelism as u64,
-            started: None,
+        let checkpointed = self.checkpoints.is_some();
+        job.source("numbers", move |info| {
+            if checkpointed {
+                Numbers::new(info, Faults::default())
+            } else {
+                Numbers::unchecked(info)
+            }
         })
         .map("pair", move |n| {
             if let Some((at, fault)) = &panic_at {

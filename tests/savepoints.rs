@@ -90,7 +90,7 @@ fn a_stop_requested_of_a_job_without_checkpoints_fails_clearly() {
         parallelism: 1,
         ..JobConfig::default()
     });
-    job.source("numbers", |info| Numbers::new(info, Faults::default()))
+    job.source("numbers", Numbers::unchecked)
         .map("pair", |n| (n, 1u64))
         .sink("collect", |_| Collect(Arc::new(Mutex::new(Vec::new()))));
     let control = JobControl::new();
