@@ -26,6 +26,7 @@ pub mod checkpoint_report;
 pub mod cli;
 pub mod expr;
 pub mod record;
+pub mod scenario;
 pub mod topology;
 
 /// The README's Rust examples compile and run as doctests.

@@ -101,6 +101,12 @@ impl<'a, Out> Context<'a, Out> {
     pub fn info(&self) -> &SubtaskInfo {
         self.info
     }
+
+    /// How many records this context holds so far (what a call emitted, for a
+    /// context that started empty).
+    pub fn emitted(&self) -> usize {
+        self.out.len()
+    }
 }
 
 /// A one-input operator (map, filter, flat_map, process).

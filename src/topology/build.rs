@@ -13,13 +13,16 @@ use crate::builtins::{
     StdinSource, StdoutSink,
 };
 use crate::record::{Record, RecordKey, Value};
+use crate::scenario::faults::Injector;
+use crate::scenario::inject::{Faulty, FaultyFs, Strikes};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use weir_actors::operator::KeyFn;
 use weir_actors::window::{WindowOperator, WindowTime};
 use weir_actors::{
-    JobGraph, NodeId, Partitioning, Source, SubtaskInfo, WatermarkStrategy, MIN_WATERMARK,
+    JobGraph, KeyedOperator, NodeId, Operator, Partitioning, Sink, Source, SubtaskInfo,
+    WatermarkStrategy, MIN_WATERMARK,
 };
 
 /// A job graph built from a topology, with what the CLI reports besides counts.
@@ -50,8 +53,33 @@ pub fn key_fn(fields: &[Arc<str>]) -> KeyFn<Record, RecordKey> {
     }
 }
 
+/// What a scenario run injects: the nodes it strikes are wrapped in [`Faulty`].
+type Faults<'a> = Option<&'a Arc<Injector>>;
+
+/// The injector when it strikes `name`, and the name to tag its subtasks with.
+fn striking(faults: Faults<'_>, name: &str) -> Option<(Arc<Injector>, String)> {
+    faults
+        .filter(|f| f.strikes(name))
+        .map(|f| (f.clone(), name.to_string()))
+}
+
 /// A source node; with event time, its watermarks follow the timestamp field.
 fn add_source<S: Source<Out = Record>>(
+    graph: &mut JobGraph,
+    faults: Faults<'_>,
+    name: &str,
+    event_time: Option<&EventTimeSpec>,
+    make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+) -> NodeId {
+    match striking(faults, name) {
+        Some((inj, node)) => add_plain_source(graph, name, event_time, move |info| {
+            Faulty::new(make(info), Strikes::new(&inj, &node, info))
+        }),
+        None => add_plain_source(graph, name, event_time, make),
+    }
+}
+
+fn add_plain_source<S: Source<Out = Record>>(
     graph: &mut JobGraph,
     name: &str,
     event_time: Option<&EventTimeSpec>,
@@ -74,6 +102,49 @@ fn add_source<S: Source<Out = Record>>(
         strategy = strategy.with_interval(interval);
     }
     graph.add_source_with_watermarks(name, strategy, make)
+}
+
+fn add_operator<O: Operator>(
+    graph: &mut JobGraph,
+    faults: Faults<'_>,
+    name: &str,
+    make: impl Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+) -> NodeId {
+    match striking(faults, name) {
+        Some((inj, node)) => graph.add_operator(name, move |info| {
+            Faulty::new(make(info), Strikes::new(&inj, &node, info))
+        }),
+        None => graph.add_operator(name, make),
+    }
+}
+
+fn add_keyed<O: KeyedOperator>(
+    graph: &mut JobGraph,
+    faults: Faults<'_>,
+    name: &str,
+    key: KeyFn<O::In, O::Key>,
+    make: impl Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+) -> NodeId {
+    match striking(faults, name) {
+        Some((inj, node)) => graph.add_keyed_operator(name, key, move |info| {
+            Faulty::new(make(info), Strikes::new(&inj, &node, info))
+        }),
+        None => graph.add_keyed_operator(name, key, make),
+    }
+}
+
+fn add_sink<S: Sink>(
+    graph: &mut JobGraph,
+    faults: Faults<'_>,
+    name: &str,
+    make: impl Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+) -> NodeId {
+    match striking(faults, name) {
+        Some((inj, node)) => graph.add_sink(name, move |info| {
+            Faulty::new(make(info), Strikes::new(&inj, &node, info))
+        }),
+        None => graph.add_sink(name, make),
+    }
 }
 
 /// A node index and the key fields when the edge from it is key-partitioned.
@@ -103,6 +174,12 @@ fn resolve(
 
 /// Builds the job graph (no file is opened until the job runs).
 pub fn build(t: &Topology) -> BuiltJob {
+    build_with_faults(t, None)
+}
+
+/// Builds the job graph with the faults of a scenario run wrapped around the nodes
+/// they strike.
+pub fn build_with_faults(t: &Topology, faults: Faults<'_>) -> BuiltJob {
     let mut graph = JobGraph::new(t.job.clone());
     let by_id: HashMap<&str, usize> = t
         .nodes
@@ -137,9 +214,13 @@ pub fn build(t: &Topology) -> BuiltJob {
             NodeKind::KeyBy(_) => continue,
             NodeKind::Generator(spec) => {
                 let spec = spec.clone();
-                add_source(&mut graph, name, n.event_time.as_ref(), move |info| {
-                    GeneratorSource::new(spec.clone(), info)
-                })
+                add_source(
+                    &mut graph,
+                    faults,
+                    name,
+                    n.event_time.as_ref(),
+                    move |info| GeneratorSource::new(spec.clone(), info),
+                )
             }
             NodeKind::File(spec) => {
                 let stats = Arc::new(BadRecordStats::default());
@@ -149,9 +230,13 @@ pub fn build(t: &Topology) -> BuiltJob {
                     _ => None,
                 };
                 let spec = spec.clone();
-                add_source(&mut graph, name, n.event_time.as_ref(), move |info| {
-                    FileSource::new(spec.clone(), info, dead.clone(), stats.clone())
-                })
+                add_source(
+                    &mut graph,
+                    faults,
+                    name,
+                    n.event_time.as_ref(),
+                    move |info| FileSource::new(spec.clone(), info, dead.clone(), stats.clone()),
+                )
             }
             NodeKind::Stdin(spec) => {
                 let stats = Arc::new(BadRecordStats::default());
@@ -161,23 +246,33 @@ pub fn build(t: &Topology) -> BuiltJob {
                     _ => None,
                 };
                 let spec = spec.clone();
-                let node = add_source(&mut graph, name, n.event_time.as_ref(), move |info| {
-                    StdinSource::new(spec.clone(), info, dead.clone(), stats.clone())
-                });
+                let node = add_source(
+                    &mut graph,
+                    faults,
+                    name,
+                    n.event_time.as_ref(),
+                    move |info| StdinSource::new(spec.clone(), info, dead.clone(), stats.clone()),
+                );
                 graph.set_parallelism(node, 1);
                 node
             }
             NodeKind::Map(spec) => {
                 let spec = spec.clone();
-                graph.add_operator(name, move |_| MapOperator::new(spec.clone()))
+                add_operator(&mut graph, faults, name, move |_| {
+                    MapOperator::new(spec.clone())
+                })
             }
             NodeKind::Filter(e) => {
                 let e = e.clone();
-                graph.add_operator(name, move |_| FilterOperator::new(e.clone()))
+                add_operator(&mut graph, faults, name, move |_| {
+                    FilterOperator::new(e.clone())
+                })
             }
             NodeKind::FlatMap(spec) => {
                 let spec = spec.clone();
-                graph.add_operator(name, move |_| FlatMapOperator::new(spec.clone()))
+                add_operator(&mut graph, faults, name, move |_| {
+                    FlatMapOperator::new(spec.clone())
+                })
             }
             NodeKind::Aggregate {
                 kind,
@@ -194,7 +289,7 @@ pub fn build(t: &Topology) -> BuiltJob {
                     field: field.clone(),
                     output: output.clone(),
                 });
-                graph.add_keyed_operator(name, key_fn(&key), move |_| {
+                add_keyed(&mut graph, faults, name, key_fn(&key), move |_| {
                     AggregateOperator::new(spec.clone())
                 })
             }
@@ -217,7 +312,7 @@ pub fn build(t: &Topology) -> BuiltJob {
                     _ => WindowTime::Processing,
                 };
                 let (shape, lateness) = (spec.shape, spec.allowed_lateness);
-                let window = graph.add_keyed_operator(name, key_fn(&key), move |_| {
+                let window = add_keyed(&mut graph, faults, name, key_fn(&key), move |_| {
                     WindowOperator::new(
                         shape,
                         time.clone(),
@@ -246,17 +341,30 @@ pub fn build(t: &Topology) -> BuiltJob {
             NodeKind::Stdout(format) => {
                 let flag = Arc::new(AtomicBool::new(false));
                 let format = *format;
-                graph.add_sink(name, move |_| StdoutSink::new(format, flag.clone()))
+                add_sink(&mut graph, faults, name, move |_| {
+                    StdoutSink::new(format, flag.clone())
+                })
             }
             NodeKind::FileSink(path, format) => {
                 let (path, format) = (path.clone(), *format);
-                graph.add_sink(name, move |_| FileSink::new(path.clone(), format))
+                add_sink(&mut graph, faults, name, move |_| {
+                    FileSink::new(path.clone(), format)
+                })
             }
             NodeKind::ExactlyOnceFiles(spec, _) => {
                 let files = exactly_once_file_sink(spec);
-                graph.add_sink(name, move |_| files.clone())
+                let fs_faults = striking(faults, name);
+                add_sink(&mut graph, faults, name, move |info| {
+                    let fs = fs_faults
+                        .as_ref()
+                        .and_then(|(inj, node)| FaultyFs::new(inj, node, info.index));
+                    match fs {
+                        Some(fs) => files.clone().part_fs(fs),
+                        None => files.clone(),
+                    }
+                })
             }
-            NodeKind::Null => graph.add_sink(name, |_| NullSink),
+            NodeKind::Null => add_sink(&mut graph, faults, name, |_| NullSink),
         };
         if let Some((p, _)) = &n.parallelism {
             graph.set_parallelism(node, *p);

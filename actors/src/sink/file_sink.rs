@@ -7,7 +7,7 @@
 //! the fsyncs of its pending parts (run off-thread before the checkpoint completes),
 //! and `commit` renames the covered pending parts to their visible names.
 
-use super::part_files::ExactlyOnceFileWriter;
+use super::part_files::{ExactlyOnceFileWriter, PartFs, RealFs};
 use super::two_phase::{RollingPolicy, SinkSnapshot, Writer};
 use crate::checkpoint::coordinator::CheckpointId;
 use crate::operator::{Data, PreCommit, Sink, SubtaskInfo};
@@ -42,6 +42,7 @@ pub struct ExactlyOnceFileSink<T> {
     writer: Option<ExactlyOnceFileWriter>,
     started: Instant,
     line: String,
+    fs: Arc<dyn PartFs>,
     _records: PhantomData<fn(T)>,
 }
 
@@ -57,6 +58,7 @@ impl<T> Clone for ExactlyOnceFileSink<T> {
             writer: None,
             started: Instant::now(),
             line: String::new(),
+            fs: self.fs.clone(),
             _records: PhantomData,
         }
     }
@@ -79,8 +81,16 @@ impl<T: Data> ExactlyOnceFileSink<T> {
             writer: None,
             started: Instant::now(),
             line: String::new(),
+            fs: Arc::new(RealFs),
             _records: PhantomData,
         }
+    }
+
+    /// Writes and commits parts through `fs` (fault injection) instead of the
+    /// plain file system.
+    pub fn part_fs(mut self, fs: Arc<dyn PartFs>) -> Self {
+        self.fs = fs;
+        self
     }
 
     /// The end of committed part names, e.g. `.jsonl` (default: none).
@@ -145,13 +155,14 @@ impl<T: Data> Sink for ExactlyOnceFileSink<T> {
             .map(|bytes| SinkSnapshot::from_bytes(bytes))
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| self.failed("read its state in the checkpoint"))?;
-        let opened = ExactlyOnceFileWriter::open(
+        let opened = ExactlyOnceFileWriter::open_with_fs(
             &self.dir,
             writer,
             parallelism,
             &self.suffix,
             self.policy,
             snapshots,
+            self.fs.clone(),
         )
         .with_context(|| self.failed("restore its part files"))?;
         self.writer = Some(opened);

@@ -22,6 +22,28 @@ use crate::checkpoint::coordinator::CheckpointId;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file-system calls that write and publish part data: a seam where scenario
+/// runs inject disk errors (a failing write) or sink defects (a lost or repeated
+/// commit). [`RealFs`] is what every job uses otherwise.
+pub trait PartFs: Send + Sync {
+    /// Appends `bytes` to the open part.
+    fn write(&self, file: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
+        file.write_all(bytes)
+    }
+
+    /// Publishes a pending part under its committed name.
+    fn commit(&self, pending: &Path, committed: &Path) -> io::Result<()> {
+        fs::rename(pending, committed)
+    }
+}
+
+/// The plain file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealFs;
+
+impl PartFs for RealFs {}
 
 /// Which name a part file has now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +85,7 @@ pub struct PartFiles {
     parallelism: u32,
     suffix: String,
     current: Option<(PartId, BufWriter<File>)>,
+    fs: Arc<dyn PartFs>,
 }
 
 impl PartFiles {
@@ -80,6 +103,7 @@ impl PartFiles {
             parallelism: parallelism.max(1),
             suffix: suffix.to_string(),
             current: None,
+            fs: Arc::new(RealFs),
         })
     }
 
@@ -129,7 +153,7 @@ impl PartFiles {
             .current
             .as_mut()
             .ok_or_else(|| io::Error::other("no part file is open"))?;
-        writer.write_all(bytes)
+        self.fs.write(writer, bytes)
     }
 
     /// Hands buffered bytes of the open part to the file (no fsync).
@@ -192,7 +216,7 @@ impl PartFiles {
                 let pending = self.hidden_path(part, "pending");
                 let committed = self.committed_path(part);
                 if pending.exists() {
-                    fs::rename(&pending, &committed)?;
+                    self.fs.commit(&pending, &committed)?;
                     *renamed = true;
                 } else if !committed.exists() {
                     return Err(io::Error::new(
@@ -276,7 +300,29 @@ impl ExactlyOnceFileWriter {
         policy: RollingPolicy,
         snapshots: Vec<SinkSnapshot>,
     ) -> io::Result<Self> {
+        Self::open_with_fs(
+            dir,
+            writer,
+            parallelism,
+            suffix,
+            policy,
+            snapshots,
+            Arc::new(RealFs),
+        )
+    }
+
+    /// [`Self::open`] through `fs` instead of the plain file system.
+    pub fn open_with_fs(
+        dir: &Path,
+        writer: Writer,
+        parallelism: u32,
+        suffix: &str,
+        policy: RollingPolicy,
+        snapshots: Vec<SinkSnapshot>,
+        fs: Arc<dyn PartFs>,
+    ) -> io::Result<Self> {
         let mut files = PartFiles::new(dir, writer.subtask, parallelism, suffix)?;
+        files.fs = fs;
         let first_free = files.first_free(writer)?;
         let (tracker, ops) = PartTracker::restore(policy, writer, snapshots, first_free);
         files.apply(ops)?;
