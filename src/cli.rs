@@ -59,7 +59,17 @@ pub enum Command {
         /// longer has (that state is dropped).
         #[arg(long)]
         allow_non_restored_state: bool,
+        /// Scenario runs: inject the faults of this plan (JSON).
+        #[arg(long, hide = true, value_name = "PLAN")]
+        fault_plan: Option<PathBuf>,
+        /// Scenario runs: write the job's counts here (JSON) when it ends.
+        #[arg(long, hide = true, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
+    /// Scenario replay runs: inject faults into a topology's run and check its
+    /// output against a failure-free run.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
     /// Show the checkpoints of a checkpoint directory.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
@@ -71,6 +81,50 @@ pub enum Command {
         /// Override a setting: `job.KEY=VALUE` or `NODE_ID.KEY=VALUE` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run scenario files (a directory: every `*.toml` in it); prints a table and
+    /// exits 1 if any fails.
+    Run {
+        /// Scenario files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Place the faults with this seed instead of each scenario's own.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run each scenario N times, with seeds seed, seed+1, ….
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        repeat: u32,
+        /// Run every scenario in this checkpoint mode (aligned, unaligned,
+        /// at_least_once).
+        #[arg(long)]
+        mode: Option<String>,
+        /// Run every scenario on this state backend (memory, rocksdb).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Keep every run's directory (failed runs' are always kept).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Inject random faults into a job, round after round, checking exactly-once
+    /// output after each; a failing round is written out as a scenario file.
+    Chaos {
+        /// The topology (it needs a [checkpoint] table and file sinks).
+        job: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// How many faults to fire in all.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        faults: u32,
+        /// Faults per run of the job.
+        #[arg(long, default_value_t = 5, value_name = "K")]
+        per_run: u32,
+        /// Where a failing round's scenario is written.
+        #[arg(long, default_value = "scenarios/regressions", value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -111,6 +165,8 @@ pub fn main() -> ExitCode {
             fresh,
             restore,
             allow_non_restored_state,
+            fault_plan,
+            report,
         } => run(
             &file,
             &set,
@@ -119,8 +175,11 @@ pub fn main() -> ExitCode {
                 fresh,
                 restore,
                 allow_non_restored_state,
+                fault_plan,
+                report,
             },
         ),
+        Command::Scenario(command) => crate::scenario::suite::command(command),
         Command::Validate { file, set } => validate(&file, &set),
         Command::Checkpoints(command) => checkpoints(command),
     }
@@ -355,6 +414,10 @@ struct Start {
     /// Start from this checkpoint.
     restore: Option<PathBuf>,
     allow_non_restored_state: bool,
+    /// Faults to inject (a scenario run).
+    fault_plan: Option<PathBuf>,
+    /// Where to write the run's counts.
+    report: Option<PathBuf>,
 }
 
 fn run(file: &std::path::Path, set: &[String], progress: bool, start: Start) -> ExitCode {
@@ -367,9 +430,20 @@ fn run(file: &std::path::Path, set: &[String], progress: bool, start: Start) -> 
     }
     t.job.restore_from = start.restore;
     t.job.allow_non_restored_state = start.allow_non_restored_state;
+    let injector = match start
+        .fault_plan
+        .as_deref()
+        .map(crate::scenario::faults::FaultPlan::read)
+    {
+        None => None,
+        Some(plan) => match plan.and_then(crate::scenario::faults::Injector::new) {
+            Ok(injector) => Some(injector),
+            Err(e) => return usage_error(&format!("{e:#}")),
+        },
+    };
     let BuiltJob {
         graph, bad_records, ..
-    } = topology::build(&t);
+    } = topology::build::build_with_faults(&t, injector.as_ref());
     if let Err(e) = graph.describe() {
         return job_error(&t, &e);
     }
@@ -397,6 +471,12 @@ fn run(file: &std::path::Path, set: &[String], progress: bool, start: Start) -> 
     match result {
         Ok(report) => {
             eprint!("{}", summary(&t, &report, &bad_records));
+            if let Some(path) = &start.report {
+                if let Err(e) = crate::scenario::child::RunReport::of(&report).write(path) {
+                    eprintln!("error: cannot write the report {}: {e}", path.display());
+                    return ExitCode::from(1);
+                }
+            }
             if let Some(savepoint) = &report.savepoint {
                 eprintln!(
                     "stopped with savepoint {} (run the job again to resume from it)",
@@ -572,8 +652,11 @@ mod tests {
                 fresh,
                 restore,
                 allow_non_restored_state,
+                fault_plan,
+                report,
             } => {
                 assert!(!fresh && restore.is_none() && !allow_non_restored_state);
+                assert!(fault_plan.is_none() && report.is_none());
                 assert_eq!(file, PathBuf::from("job.toml"));
                 assert_eq!(set, ["job.parallelism=4", "src.path=x.csv"]);
                 assert!(!no_progress);

@@ -33,8 +33,13 @@ pub enum FaultKind {
     /// emitted (sources) this many records.
     Panic { after_records: u64 },
     /// SIGKILL of the whole process at that point; the runner starts the job
-    /// again, which resumes from its latest checkpoint.
-    Kill { after_records: u64 },
+    /// again, which resumes from its latest checkpoint (at another parallelism
+    /// when `relaunch_parallelism` says so).
+    Kill {
+        after_records: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relaunch_parallelism: Option<u32>,
+    },
     /// Like `Kill`, and before the relaunch the runner damages the newest
     /// completed checkpoint, so the job must fall back to the one before.
     CorruptCheckpoint { after_records: u64 },
@@ -103,8 +108,15 @@ impl fmt::Display for Fault {
             FaultKind::Panic { after_records } => {
                 write!(f, "panic in {at} after {after_records} records")
             }
-            FaultKind::Kill { after_records } => {
-                write!(f, "kill the process at {at} after {after_records} records")
+            FaultKind::Kill {
+                after_records,
+                relaunch_parallelism,
+            } => {
+                write!(f, "kill the process at {at} after {after_records} records")?;
+                match relaunch_parallelism {
+                    Some(p) => write!(f, ", relaunch at parallelism {p}"),
+                    None => Ok(()),
+                }
             }
             FaultKind::CorruptCheckpoint { after_records } => write!(
                 f,

@@ -55,7 +55,7 @@ impl Strikes {
                         );
                     }
                 }
-                FaultKind::Kill { after_records }
+                FaultKind::Kill { after_records, .. }
                 | FaultKind::CorruptCheckpoint { after_records }
                     if reached(after_records) =>
                 {
@@ -96,7 +96,7 @@ impl Strikes {
             }
             let after = match self.injector.fault(i).kind {
                 FaultKind::Panic { after_records }
-                | FaultKind::Kill { after_records }
+                | FaultKind::Kill { after_records, .. }
                 | FaultKind::CorruptCheckpoint { after_records }
                 | FaultKind::Slow { after_records, .. } => after_records,
                 _ => continue,

@@ -826,7 +826,7 @@ const WINDOW_KEYS: &[&str] = &[
 
 /// A duration: an integer of milliseconds, or a string with a unit
 /// (`"250ms"`, `"10s"`, `"5m"`, `"1h"`, `"1d"`).
-fn duration(
+pub(crate) fn duration(
     r: &mut Reader,
     key: &str,
     example: &str,
