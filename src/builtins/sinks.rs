@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use weir_actors::sink::part_files::{PartFs, RealFs};
 use weir_actors::{CheckpointId, ExactlyOnceFileSink, PreCommit, Sink, SubtaskInfo};
 
 /// The line format of a sink.
@@ -135,6 +136,8 @@ pub struct FileSink {
     path: PathBuf,
     format: SinkFormat,
     writer: Option<BufWriter<File>>,
+    /// Where writes go through (scenario runs inject disk errors there).
+    fs: Arc<dyn PartFs>,
     /// Bytes handed to the file so far.
     written: u64,
     header_done: bool,
@@ -147,10 +150,17 @@ impl FileSink {
             path,
             format,
             writer: None,
+            fs: Arc::new(RealFs),
             written: 0,
             header_done: false,
             buf: String::with_capacity(1024),
         }
+    }
+
+    /// Writes through `fs` instead of the plain file system.
+    pub fn with_fs(mut self, fs: Arc<dyn PartFs>) -> FileSink {
+        self.fs = fs;
+        self
     }
 
     /// The checkpointed state: the file's length, then its path.
@@ -232,7 +242,8 @@ impl Sink for FileSink {
         }
         encode(self.format, &record, &mut self.buf);
         self.written += self.buf.len() as u64;
-        w.write_all(self.buf.as_bytes())
+        self.fs
+            .write(w, self.buf.as_bytes())
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 

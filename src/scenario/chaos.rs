@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// The fault kinds that fit a node (broken sinks are for proving the checker, not
 /// for chaos; corrupt checkpoints give up exactly-once by design).
-fn kinds_for(role: Role, exactly_once_files: bool) -> Vec<&'static str> {
+fn kinds_for(role: Role, file_sink: bool) -> Vec<&'static str> {
     let mut kinds = vec!["panic", "panic", "kill", "slow"];
     if role != Role::Operator {
         kinds.extend(["snapshot_error", "restore_error"]);
@@ -23,7 +23,7 @@ fn kinds_for(role: Role, exactly_once_files: bool) -> Vec<&'static str> {
     if role == Role::Sink {
         kinds.push("commit_error");
     }
-    if exactly_once_files {
+    if file_sink {
         kinds.push("sink_write_error");
     }
     kinds
@@ -49,8 +49,11 @@ pub fn run(job: &Path, seed: u64, faults: u32, per_run: u32, out: &Path) -> Exit
         .iter()
         .filter(|n| !matches!(n.kind, NodeKind::KeyBy(_)))
         .map(|n| {
-            let eo = matches!(n.kind, NodeKind::ExactlyOnceFiles(..));
-            (n.id.clone(), kinds_for(n.role, eo))
+            let files = matches!(
+                n.kind,
+                NodeKind::ExactlyOnceFiles(..) | NodeKind::FileSink(..)
+            );
+            (n.id.clone(), kinds_for(n.role, files))
         })
         .collect();
     let job = job.canonicalize().unwrap_or_else(|_| job.to_path_buf());
@@ -72,6 +75,7 @@ pub fn run(job: &Path, seed: u64, faults: u32, per_run: u32, out: &Path) -> Exit
             // A random point may lie past the end of the input.
             all_faults_fire: false,
             min_restarts: 0,
+            log: None,
         },
         timeout: Duration::from_secs(300),
     };
@@ -81,7 +85,7 @@ pub fn run(job: &Path, seed: u64, faults: u32, per_run: u32, out: &Path) -> Exit
         "chaos: the failure-free reference run of {} …",
         job.display()
     );
-    let reference = match runner::reference(&scenario, &overrides) {
+    let reference = match runner::reference(&scenario, seed, &overrides) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

@@ -77,13 +77,17 @@ pub fn run(scenario: &Scenario, seed: u64, overrides: &Overrides) -> Outcome {
 }
 
 /// Runs the failure-free reference of `scenario` once, for [`run_against`].
-pub fn reference(scenario: &Scenario, overrides: &Overrides) -> Result<Reference, String> {
+pub fn reference(
+    scenario: &Scenario,
+    seed: u64,
+    overrides: &Overrides,
+) -> Result<Reference, String> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("weir-scenario-{}-", scenario.name))
         .tempdir()
         .map_err(|e| format!("cannot create a directory for the run: {e}"))?;
     let (text, base) = topology_text(scenario)?;
-    reference_in(scenario, scenario.seed, overrides, &text, &base, dir.path())
+    reference_in(scenario, seed, overrides, &text, &base, dir.path())
 }
 
 /// [`run`], comparing with `reference` (the same topology and input) instead of
@@ -198,14 +202,10 @@ fn run_in(
     outcome: &mut Outcome,
 ) -> Result<(), String> {
     let (text, base) = topology_text(scenario)?;
-    let needs_reference = matches!(
-        scenario.expect.output,
-        Expected::ExactlyOnce | Expected::AtLeastOnce
-    ) || scenario.faults.iter().any(needs_counts);
     let made;
     let reference = match given {
         Some(r) => Some(r),
-        None if needs_reference => {
+        None if needs_reference(scenario) => {
             made = reference_in(scenario, seed, overrides, &text, &base, dir)?;
             Some(&made)
         }
@@ -251,6 +251,14 @@ fn run_in(
         ));
     }
 
+    if let Some(text) = &scenario.expect.log {
+        if !launched.stderr.contains(text.as_str()) {
+            return Err(format!(
+                "the log does not say `{text}` (logs: {})",
+                run.dir.display()
+            ));
+        }
+    }
     match (&scenario.expect.output, launched.result) {
         (Expected::FailsWith(text), Ok(_)) => Err(format!(
             "the job succeeded, but the scenario expects it to fail with `{text}`"
@@ -305,6 +313,27 @@ fn run_in(
             }
         }
     }
+}
+
+/// Whether the run needs a failure-free reference run.
+pub fn needs_reference(scenario: &Scenario) -> bool {
+    matches!(
+        scenario.expect.output,
+        Expected::ExactlyOnce | Expected::AtLeastOnce
+    ) || scenario.faults.iter().any(needs_counts)
+}
+
+/// Runs with equal keys have equal failure-free output: the same topology, input
+/// and settings (the mode and backend change how, not what).
+pub fn reference_key(scenario: &Scenario, seed: u64) -> String {
+    let seed = match scenario.input.as_ref().map(|i| &i.data) {
+        Some(InputData::Generator { .. }) => Some(seed),
+        _ => None,
+    };
+    format!(
+        "{:?} {:?} {:?} {:?} {seed:?}",
+        scenario.topology, scenario.input, scenario.run.parallelism, scenario.run.set
+    )
 }
 
 fn needs_counts(f: &FaultSpec) -> bool {
@@ -525,16 +554,19 @@ pub fn place_faults(
                     )
                 })?;
             let exactly_once_files = matches!(node.kind, NodeKind::ExactlyOnceFiles(..));
+            let files = exactly_once_files || matches!(node.kind, NodeKind::FileSink(..));
             let fits = match spec.kind.as_str() {
                 "snapshot_error" | "restore_error" => node.role != Role::Operator,
                 "commit_error" => node.role == Role::Sink,
-                "sink_write_error" | "broken_sink" => exactly_once_files,
+                "sink_write_error" => files,
+                "broken_sink" => exactly_once_files,
                 _ => true,
             };
             if !fits {
                 let needs = match spec.kind.as_str() {
                     "commit_error" => "a sink",
-                    "sink_write_error" | "broken_sink" => {
+                    "sink_write_error" => "a file sink",
+                    "broken_sink" => {
                         "an exactly-once file sink (`semantics = \"exactly_once\"`)"
                     }
                     _ => "a source or a sink (operators keep no state of their own to snapshot or restore)",

@@ -108,6 +108,8 @@ pub struct Expectation {
     /// nothing, so the scenario fails.
     pub all_faults_fire: bool,
     pub min_restarts: u32,
+    /// Text the faulty run's log must contain (e.g. the warning of a fallback).
+    pub log: Option<String>,
 }
 
 pub const FAULT_KINDS: &[&str] = &[
@@ -422,6 +424,9 @@ fn parse_expect(table: &Val, resolve: &dyn Fn(&str) -> PathBuf) -> Result<Expect
     };
     let all_faults_fire = r.bool("all_faults_fire")?.unwrap_or(true);
     let min_restarts = r.u32("min_restarts", 0, u32::MAX, "1")?.map_or(0, |m| m.0);
+    let log = r
+        .string("log", "\"skipping a damaged checkpoint\"")?
+        .map(|l| l.0);
     r.finish(&[
         "output",
         "fails_with",
@@ -429,11 +434,13 @@ fn parse_expect(table: &Val, resolve: &dyn Fn(&str) -> PathBuf) -> Result<Expect
         "sink",
         "all_faults_fire",
         "min_restarts",
+        "log",
     ])?;
     Ok(Expectation {
         output,
         all_faults_fire,
         min_restarts,
+        log,
     })
 }
 

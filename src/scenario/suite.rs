@@ -91,6 +91,8 @@ fn run_paths(paths: &[PathBuf], seed: Option<u64>, repeat: u32, overrides: &Over
         .flat_map(|s| combinations(s, overrides).into_iter().map(move |o| (s, o)))
         .collect();
     let total = runs.len() * repeat as usize;
+    // One failure-free run serves every run of the same job and input.
+    let mut references = std::collections::HashMap::new();
     for (s, run_overrides) in &runs {
         for r in 0..repeat {
             let seed = seed.unwrap_or(s.seed).wrapping_add(u64::from(r));
@@ -101,7 +103,17 @@ fn run_paths(paths: &[PathBuf], seed: Option<u64>, repeat: u32, overrides: &Over
                 run_overrides.mode.as_deref().unwrap_or("-"),
                 run_overrides.backend.as_deref().unwrap_or("-"),
             );
-            let outcome = runner::run(s, seed, run_overrides);
+            let key = runner::reference_key(s, seed);
+            if runner::needs_reference(s) && !references.contains_key(&key) {
+                match runner::reference(s, seed, &Overrides::default()) {
+                    Ok(r) => {
+                        references.insert(key.clone(), r);
+                    }
+                    // The run makes its own and reports why it fails.
+                    Err(e) => tracing::debug!(error = %e, "no shared reference run"),
+                }
+            }
+            let outcome = runner::run_against(s, seed, run_overrides, references.get(&key));
             if let Err(e) = &outcome.result {
                 eprintln!("{}", failure_report(s, &outcome, e));
             }
@@ -163,11 +175,14 @@ pub fn failure_report(s: &Scenario, o: &Outcome, error: &str) -> String {
         };
         out.push_str(&format!("    #{} {f} [{fired}]\n", i + 1));
     }
-    out.push_str(&format!(
-        "  reproduce: weir scenario run {} --seed {}\n",
-        s.file.display(),
-        o.seed
-    ));
+    let mut reproduce = format!("weir scenario run {} --seed {}", s.file.display(), o.seed);
+    if o.mode != "-" {
+        reproduce.push_str(&format!(" --mode {}", o.mode));
+    }
+    if o.backend != "-" {
+        reproduce.push_str(&format!(" --backend {}", o.backend));
+    }
+    out.push_str(&format!("  reproduce: {reproduce}\n"));
     if let Some(dir) = &o.dir {
         out.push_str(&format!("  logs and output: {}\n", dir.display()));
     }

@@ -347,8 +347,16 @@ pub fn build_with_faults(t: &Topology, faults: Faults<'_>) -> BuiltJob {
             }
             NodeKind::FileSink(path, format) => {
                 let (path, format) = (path.clone(), *format);
-                add_sink(&mut graph, faults, name, move |_| {
-                    FileSink::new(path.clone(), format)
+                let fs_faults = striking(faults, name);
+                add_sink(&mut graph, faults, name, move |info| {
+                    let sink = FileSink::new(path.clone(), format);
+                    match fs_faults
+                        .as_ref()
+                        .and_then(|(inj, node)| FaultyFs::new(inj, node, info.index))
+                    {
+                        Some(fs) => sink.with_fs(fs),
+                        None => sink,
+                    }
                 })
             }
             NodeKind::ExactlyOnceFiles(spec, _) => {
