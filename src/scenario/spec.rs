@@ -457,11 +457,11 @@ mod tests {
     fn a_full_scenario_parses() {
         let s = parse_text(
             r#"
+topology = "../jobs/count.toml"
+
 [scenario]
 seed = 7
 timeout = "2m"
-
-topology = "../jobs/count.toml"
 
 [input]
 source = "events"
