@@ -44,33 +44,26 @@ impl Strikes {
 
     /// Before the next record: the record faults whose count is reached fire.
     fn before_record(&mut self) {
+        let records = self.records;
         for &i in &self.faults {
-            let reached = |after: u64| self.records >= after && self.injector.is_armed(i);
-            match self.injector.fault(i).kind {
-                FaultKind::Panic { after_records } if reached(after_records) => {
-                    if self.injector.fire(i) {
-                        panic!(
-                            "injected panic in {} after {} records",
-                            self.at, self.records
-                        );
-                    }
+            let injector = &self.injector;
+            let due = |after: u64| records >= after && injector.is_armed(i);
+            match injector.fault(i).kind {
+                FaultKind::Panic { after_records } if due(after_records) && injector.fire(i) => {
+                    panic!("injected panic in {} after {records} records", self.at);
                 }
                 FaultKind::Kill { after_records, .. }
                 | FaultKind::CorruptCheckpoint { after_records }
-                    if reached(after_records) =>
+                    if due(after_records) && injector.fire(i) =>
                 {
-                    if self.injector.fire(i) {
-                        kill_process();
-                    }
+                    kill_process();
                 }
                 FaultKind::Slow {
                     after_records,
-                    records,
+                    records: slow_records,
                     delay_us,
-                } if reached(after_records) => {
-                    if self.injector.fire(i) {
-                        self.slowing = Some((self.records + records, delay_us));
-                    }
+                } if due(after_records) && injector.fire(i) => {
+                    self.slowing = Some((records + slow_records, delay_us));
                 }
                 _ => {}
             }

@@ -393,7 +393,7 @@ fn prepare(
             "idle_timeout",
             "watermark_interval",
         ];
-        source.retain(|k, _| KEPT.contains(&&k[..]));
+        source.retain(|k, _| KEPT.contains(&k));
         match &input.data {
             InputData::Records(records) => {
                 let file = dir.join("input.jsonl");
@@ -452,7 +452,7 @@ fn prepare(
         if exactly_once && overrides.mode.as_deref() == Some("at_least_once") {
             // The mode cannot give more than at-least-once output (and the topology
             // refuses an exactly-once sink in it): the sink writes at least once.
-            sink.retain(|k, _| !["semantics", "roll_bytes", "roll_interval_ms"].contains(&&k[..]));
+            sink.retain(|k, _| !["semantics", "roll_bytes", "roll_interval_ms"].contains(&k));
             let format = sink.get("format").and_then(Value::as_str).unwrap_or("json");
             let file = if format == "csv" {
                 "out.csv"
