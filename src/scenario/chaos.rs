@@ -162,7 +162,7 @@ fn write_regression(
     let path = out.join(format!("chaos-{seed}-run{run}.toml"));
     let mut text = format!(
         "# Written by `weir scenario chaos --seed {seed}`: run {run} lost or repeated output.\n\
-         [scenario]\nseed = {round_seed}\n\ntopology = {}\n\n",
+         topology = {}\n\n[scenario]\nseed = {round_seed}\n\n",
         toml_string(&job.display().to_string())
     );
     for f in faults {
@@ -222,4 +222,63 @@ pub fn fault_table(f: &Fault) -> String {
     }
     t.push('\n');
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_regression_reads_back_as_the_same_schedule() {
+        let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/jobs/running_count.toml");
+        let at = |node: &str, subtask, kind| Fault {
+            node: node.into(),
+            subtask,
+            kind,
+        };
+        let faults = vec![
+            at("count", 1, FaultKind::Panic { after_records: 17 }),
+            at(
+                "count",
+                0,
+                FaultKind::Kill {
+                    after_records: 5,
+                    relaunch_parallelism: Some(3),
+                },
+            ),
+            at(
+                "count",
+                0,
+                FaultKind::CorruptCheckpoint { after_records: 9 },
+            ),
+            at(
+                "count",
+                1,
+                FaultKind::Slow {
+                    after_records: 1,
+                    records: 2,
+                    delay_us: 3,
+                },
+            ),
+            at("events", 1, FaultKind::SnapshotError { checkpoint: 2 }),
+            at("out", 0, FaultKind::CommitError { checkpoint: 4 }),
+            at("events", 0, FaultKind::RestoreError),
+            at("out", 1, FaultKind::SinkWriteError { after_bytes: 99 }),
+            at(
+                "out",
+                0,
+                FaultKind::BrokenSink {
+                    defect: SinkDefect::DropPending,
+                },
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_regression(dir.path(), &job, 7, 3, 99, &faults).unwrap();
+        let scenario = super::super::spec::load(&path).unwrap();
+        assert_eq!(scenario.seed, 99);
+        assert!(!scenario.expect.all_faults_fire);
+        let t = topology::load(&job, &[]).unwrap();
+        let placed = runner::place_faults(&scenario.faults, scenario.seed, &t, None).unwrap();
+        assert_eq!(placed, faults);
+    }
 }

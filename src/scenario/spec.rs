@@ -160,6 +160,13 @@ fn parse(text: &str, path: &Path) -> Result<Scenario, Problem> {
         (stem, None, 0, Duration::from_secs(300));
     if let Some(table) = top.get("scenario") {
         let mut r = Reader::new("[scenario]", table)?;
+        if r.has("topology") {
+            return Err(Problem::new(
+                &r.key_at("topology"),
+                "`topology` belongs at the top of the file, not in [scenario]",
+            )
+            .fix("move the `topology = ...` line above `[scenario]`: in TOML, keys after a [table] header belong to that table"));
+        }
         if let Some((n, _)) = r.string("name", "\"panic-in-count\"")? {
             name = n;
         }
