@@ -108,6 +108,9 @@ pub enum ScenarioCommand {
         /// Keep every run's directory (failed runs' are always kept).
         #[arg(long)]
         keep: bool,
+        /// Put run directories here instead of the system's temporary directory.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
     },
     /// Inject random faults into a job, round after round, checking exactly-once
     /// output after each; a failing round is written out as a scenario file.

@@ -9,8 +9,14 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_weir");
 
 fn weir(args: &[&str]) -> (i32, String, String) {
+    // Failed runs keep their directories: inside the test's own, removed after.
+    let work = tempfile::tempdir().unwrap();
+    let mut args = args.to_vec();
+    if args.starts_with(&["scenario", "run"]) {
+        args.extend(["--work-dir", work.path().to_str().unwrap()]);
+    }
     let out = Command::new(BIN)
-        .args(args)
+        .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("RUST_LOG")
         .output()

@@ -25,6 +25,22 @@ pub struct Overrides {
     pub backend: Option<String>,
     /// Keep every run's directory (otherwise only failed ones are kept).
     pub keep: bool,
+    /// Where run directories go (default: the system's temporary directory).
+    pub work_dir: Option<PathBuf>,
+}
+
+/// A fresh run directory for `scenario` under the work directory.
+fn run_dir(scenario: &Scenario, overrides: &Overrides) -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    let prefix = format!("weir-scenario-{}-", scenario.name);
+    builder.prefix(&prefix);
+    match &overrides.work_dir {
+        Some(dir) => {
+            fs::create_dir_all(dir)?;
+            builder.tempdir_in(dir)
+        }
+        None => builder.tempdir(),
+    }
 }
 
 /// What one scenario run came to.
@@ -82,9 +98,7 @@ pub fn reference(
     seed: u64,
     overrides: &Overrides,
 ) -> Result<Reference, String> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("weir-scenario-{}-", scenario.name))
-        .tempdir()
+    let dir = run_dir(scenario, overrides)
         .map_err(|e| format!("cannot create a directory for the run: {e}"))?;
     let (text, base) = topology_text(scenario)?;
     reference_in(scenario, seed, overrides, &text, &base, dir.path())
@@ -112,10 +126,7 @@ pub fn run_against(
         elapsed: Duration::ZERO,
         dir: None,
     };
-    let dir = match tempfile::Builder::new()
-        .prefix(&format!("weir-scenario-{}-", scenario.name))
-        .tempdir()
-    {
+    let dir = match run_dir(scenario, overrides) {
         Ok(d) => d,
         Err(e) => {
             outcome.result = Err(format!("cannot create a directory for the run: {e}"));

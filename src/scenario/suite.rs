@@ -15,6 +15,7 @@ pub fn command(command: ScenarioCommand) -> ExitCode {
             mode,
             backend,
             keep,
+            work_dir,
         } => {
             for (value, allowed, flag) in
                 [(&mode, MODES, "--mode"), (&backend, BACKENDS, "--backend")]
@@ -28,6 +29,7 @@ pub fn command(command: ScenarioCommand) -> ExitCode {
                 mode,
                 backend,
                 keep,
+                work_dir,
             };
             run_paths(&paths, seed, repeat.max(1), &overrides)
         }
@@ -153,6 +155,7 @@ fn combinations(s: &Scenario, overrides: &Overrides) -> Vec<Overrides> {
                 mode: mode.clone(),
                 backend,
                 keep: overrides.keep,
+                work_dir: overrides.work_dir.clone(),
             });
         }
     }
