@@ -102,19 +102,8 @@ pub fn run(job: &Path, seed: u64, faults: u32, per_run: u32, out: &Path) -> Exit
         scenario.faults = (0..wanted)
             .map(|_| {
                 let (node, kinds) = &targets[rng.random_range(0..targets.len())];
-                FaultSpec {
-                    kind: kinds[rng.random_range(0..kinds.len())].to_string(),
-                    node: node.clone(),
-                    subtask: None,
-                    after_records: None,
-                    checkpoint: None,
-                    records: None,
-                    delay_us: None,
-                    after_bytes: None,
-                    defect: None,
-                    relaunch_parallelism: None,
-                    at: crate::topology::Origin::Nowhere,
-                }
+                let kind = kinds[rng.random_range(0..kinds.len())];
+                FaultSpec::new(kind, node, crate::topology::Origin::Nowhere)
             })
             .collect();
         let outcome = runner::run_against(&scenario, round_seed, &overrides, Some(&reference));

@@ -89,6 +89,25 @@ pub struct FaultSpec {
     pub at: Origin,
 }
 
+impl FaultSpec {
+    /// A fault of `kind` at `node` with every count left to the seed.
+    pub fn new(kind: &str, node: &str, at: Origin) -> FaultSpec {
+        FaultSpec {
+            kind: kind.to_string(),
+            node: node.to_string(),
+            subtask: None,
+            after_records: None,
+            checkpoint: None,
+            records: None,
+            delay_us: None,
+            after_bytes: None,
+            defect: None,
+            relaunch_parallelism: None,
+            at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expected {
     /// Every sink's output equals that of a failure-free run (as sorted lines).
@@ -346,19 +365,8 @@ fn parse_fault(index: usize, table: &Val) -> Result<FaultSpec, Problem> {
     let count = |r: &mut Reader, key: &str, example: &str| {
         Ok::<_, Problem>(r.int(key, 0, i64::MAX, example)?.map(|(n, _)| n as u64))
     };
-    let mut spec = FaultSpec {
-        kind: kind.clone(),
-        node,
-        subtask: r.u32("subtask", 0, 32_767, "0")?.map(|s| s.0),
-        after_records: None,
-        checkpoint: None,
-        records: None,
-        delay_us: None,
-        after_bytes: None,
-        defect: None,
-        relaunch_parallelism: None,
-        at: table.at.clone(),
-    };
+    let mut spec = FaultSpec::new(&kind, &node, table.at.clone());
+    spec.subtask = r.u32("subtask", 0, 32_767, "0")?.map(|s| s.0);
     let keys: &[&str] = match kind.as_str() {
         "panic" | "corrupt_checkpoint" => {
             spec.after_records = count(&mut r, "after_records", "5000")?;
