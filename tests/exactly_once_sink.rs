@@ -100,8 +100,10 @@ struct Run<'a> {
     restore_fault: Option<Fault>,
     write_fault: Option<Fault>,
     sink_parallelism: u32,
-    /// Ask for a stop with a savepoint this long after the start.
-    stop_after: Option<Duration>,
+    /// Ask for a stop with a savepoint once the map has seen this record: a point in
+    /// the data, not in time, so that a slow machine still stops part way (the paced
+    /// source has most of its input ahead of it then).
+    stop_at: Option<u64>,
     mode: CheckpointMode,
 }
 
@@ -118,7 +120,7 @@ impl<'a> Run<'a> {
             restore_fault: None,
             write_fault: None,
             sink_parallelism: 2,
-            stop_after: None,
+            stop_at: None,
             mode: CheckpointMode::Aligned,
         }
     }
@@ -147,6 +149,8 @@ impl<'a> Run<'a> {
         let (pre_commit_fault, restore_fault) = (self.pre_commit_fault, self.restore_fault);
         let write_fault = self.write_fault;
         let checkpointed = self.checkpoints.is_some();
+        let control = JobControl::new();
+        let stop = self.stop_at.map(|at| (at, Fault::armed(), control.clone()));
         job.source("numbers", move |info| {
             if checkpointed {
                 Numbers::new(info, Faults::default())
@@ -157,6 +161,11 @@ impl<'a> Run<'a> {
         .map("pair", move |n| {
             if let Some((at, fault)) = &panic_at {
                 assert!(!fault.fires(n >= *at), "injected panic at record {n}");
+            }
+            if let Some((at, once, control)) = &stop {
+                if once.fires(n >= *at) {
+                    control.stop_with_savepoint();
+                }
             }
             (n % KEYS, 1u64)
         })
@@ -174,14 +183,6 @@ impl<'a> Run<'a> {
             wrote: false,
             pending: false,
         });
-        let control = JobControl::new();
-        if let Some(after) = self.stop_after {
-            let control = control.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(after);
-                control.stop_with_savepoint();
-            });
-        }
         job.run_with(control)
     }
 }
@@ -527,7 +528,7 @@ fn readers_only_ever_see_complete_committed_parts() {
 fn a_stop_with_savepoint_commits_everything_before_it_and_the_resumed_run_the_rest() {
     let (chk, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let stopped = Run {
-        stop_after: Some(Duration::from_millis(150)),
+        stop_at: Some(RECORDS / 10),
         ..Run::new(chk.path(), out.path())
     }
     .go()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_exact, Collect, Faults, Numbers, RECORDS};
+use common::{assert_exact, Collect, Fault, Faults, Numbers, RECORDS};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir::config::StateBackendChoice;
@@ -13,11 +13,13 @@ use weir::state::storage::parse_checkpoint_dir;
 use weir::state::LocalCheckpointStorage;
 use weir::{CheckpointConfig, JobConfig, JobControl, JobReport, StreamJob};
 
-/// Runs the keyed running count on `dir`; `stop_after` asks for a stop-savepoint.
+/// Runs the keyed running count on `dir`; once the map sees record `stop_at` it asks
+/// for a stop with a savepoint (a point in the data rather than a time, so that the
+/// paced source still has most of its input ahead of it on a slow machine).
 fn run(
     dir: &std::path::Path,
     backend: StateBackendChoice,
-    stop_after: Option<Duration>,
+    stop_at: Option<u64>,
 ) -> (JobReport, Vec<(u64, u64)>) {
     let out = Arc::new(Mutex::new(Vec::new()));
     let job = StreamJob::new(JobConfig {
@@ -31,23 +33,21 @@ fn run(
         ..JobConfig::default()
     });
     let sink = out.clone();
+    let control = JobControl::new();
+    let stop = stop_at.map(|at| (at, Fault::armed(), control.clone()));
     job.source("numbers", |info| Numbers::new(info, Faults::default()))
-        .map("pair", |n| (n % common::KEYS, 1u64))
+        .map("pair", move |n| {
+            if let Some((at, once, control)) = &stop {
+                if once.fires(n >= *at) {
+                    control.stop_with_savepoint();
+                }
+            }
+            (n % common::KEYS, 1u64)
+        })
         .key_by(|(k, _)| *k)
         .reduce("count", |(k, a), (_, b)| (*k, a + b))
         .sink("collect", move |_| Collect(sink.clone()));
-    let control = JobControl::new();
-    let stopper = stop_after.map(|after| {
-        let control = control.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(after);
-            control.stop_with_savepoint();
-        })
-    });
     let report = job.run_with(control).expect("the job runs");
-    if let Some(stopper) = stopper {
-        stopper.join().unwrap();
-    }
     let output = out.lock().unwrap().clone();
     (report, output)
 }
@@ -56,7 +56,7 @@ fn run(
 fn a_stopped_job_leaves_a_self_contained_savepoint_and_resumes_from_it_exactly() {
     for backend in [StateBackendChoice::Memory, StateBackendChoice::RocksDb] {
         let dir = tempfile::tempdir().unwrap();
-        let (stopped, before) = run(dir.path(), backend, Some(Duration::from_millis(120)));
+        let (stopped, before) = run(dir.path(), backend, Some(RECORDS / 10));
         let savepoint = stopped.savepoint.expect("the job stopped with a savepoint");
         assert!(
             (before.len() as u64) < RECORDS,
