@@ -14,18 +14,32 @@ use weir::builtins::{GeneratorSource, GeneratorSpec};
 use weir::config::StateBackendChoice;
 use weir::expr::Expr;
 use weir::record::{Record, Value};
+use weir::state::checkpoints::load_checkpoint;
 use weir::state::checkpoints::{latest_valid, Verify};
+use weir::state::storage::parse_checkpoint_dir;
 use weir::state::LocalCheckpointStorage;
-use weir::{CheckpointConfig, JobConfig, JobError, RestartStrategy, Sink, StreamJob};
+use weir::{
+    CheckpointConfig, CheckpointMode, JobConfig, JobControl, JobError, JobReport, RestartStrategy,
+    Sink, StreamJob,
+};
 
 const RECORDS: u64 = 100_000;
 const KEYS: i64 = 100;
 
-struct Collect(Arc<Mutex<Vec<(i64, i64)>>>);
+struct Collect {
+    out: Arc<Mutex<Vec<(i64, i64)>>>,
+    /// Sleeps now and then, so that records queue up in the channels before it.
+    slow: bool,
+}
+
 impl Sink for Collect {
     type In = (i64, i64);
     fn write(&mut self, record: (i64, i64)) -> anyhow::Result<()> {
-        self.0.lock().unwrap().push(record);
+        let mut out = self.out.lock().unwrap();
+        out.push(record);
+        if self.slow && out.len() % 64 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(())
     }
 }
@@ -41,6 +55,28 @@ fn run(
     restore_from: Option<PathBuf>,
     fail_after: Option<u64>,
 ) -> (Result<(), JobError>, Vec<(i64, i64)>) {
+    let (result, emitted) = run_in_mode(
+        parallelism,
+        backend,
+        checkpoints,
+        restore_from,
+        (fail_after, None),
+        CheckpointMode::Aligned,
+    );
+    (result.map(|_| ()), emitted)
+}
+
+/// `run` in a checkpoint mode, with a slow sink (in-flight records pile up in the
+/// channels) when unaligned; `stop_at` asks for a stop with a savepoint once the map
+/// has seen that many records.
+fn run_in_mode(
+    parallelism: u32,
+    backend: StateBackendChoice,
+    checkpoints: &Path,
+    restore_from: Option<PathBuf>,
+    (fail_after, stop_at): (Option<u64>, Option<u64>),
+    mode: CheckpointMode,
+) -> (Result<JobReport, JobError>, Vec<(i64, i64)>) {
     let spec = Arc::new(GeneratorSpec {
         count: Some(RECORDS),
         rate: Some(100_000.0),
@@ -54,6 +90,7 @@ fn run(
         state_backend: backend,
         checkpoint: Some(CheckpointConfig {
             interval: Duration::from_millis(20),
+            mode,
             ..CheckpointConfig::new(checkpoints)
         }),
         restore_from,
@@ -65,12 +102,19 @@ fn run(
     let seen = Arc::new(AtomicU64::new(0));
     let out = Arc::new(Mutex::new(Vec::new()));
     let sink = out.clone();
+    let control = JobControl::new();
+    let stopper = control.clone();
+    let slow = mode == CheckpointMode::Unaligned;
     job.source("numbers", move |info| {
         GeneratorSource::new(spec.clone(), info)
     })
     .map("pair", move |r: Record| {
-        if fail_after.is_some_and(|n| seen.fetch_add(1, Ordering::Relaxed) + 1 == n) {
+        let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if fail_after == Some(n) {
             panic!("injected failure");
+        }
+        if stop_at == Some(n) {
+            stopper.stop_with_savepoint();
         }
         match r.get("i") {
             Some(Value::Int(i)) => (*i % KEYS, *i),
@@ -79,8 +123,11 @@ fn run(
     })
     .key_by(|(key, _)| *key)
     .reduce("sum", |(key, a), (_, b)| (*key, a + b))
-    .sink("collect", move |_| Collect(sink.clone()));
-    let result = job.run().map(|_| ());
+    .sink("collect", move |_| Collect {
+        out: sink.clone(),
+        slow,
+    });
+    let result = job.run_with(control);
     let emitted = out.lock().unwrap().clone();
     (result, emitted)
 }
@@ -161,6 +208,55 @@ fn rescaling_across_state_backends_gives_exact_sums() {
         StateBackendChoice::RocksDb,
         StateBackendChoice::Memory,
     ]);
+}
+
+#[test]
+fn an_unaligned_job_stops_with_an_aligned_savepoint_that_restores_at_another_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stopped, before) = run_in_mode(
+        2,
+        StateBackendChoice::Memory,
+        dir.path(),
+        None,
+        (None, Some(30_000)),
+        CheckpointMode::Unaligned,
+    );
+    let stopped = stopped.expect("the job stops with a savepoint");
+    let savepoint = stopped.savepoint.expect("a savepoint");
+    assert!(
+        stopped.unaligned_checkpoints > 0,
+        "the periodic checkpoints before it were unaligned"
+    );
+    let storage = LocalCheckpointStorage::new(dir.path()).unwrap();
+    let id = parse_checkpoint_dir(savepoint.file_name().unwrap().to_str().unwrap()).unwrap();
+    let metadata = load_checkpoint(&storage, id, Verify::Files).unwrap();
+    let channel_state: Vec<_> = metadata
+        .files()
+        .into_iter()
+        .filter(|f| f.path.ends_with(".channels"))
+        .map(|f| f.path.clone())
+        .collect();
+    assert!(
+        channel_state.is_empty(),
+        "a savepoint keeps no in-flight records: {channel_state:?}"
+    );
+
+    let resumed_dir = tempfile::tempdir().unwrap();
+    let (resumed, after) = run_in_mode(
+        3,
+        StateBackendChoice::Memory,
+        resumed_dir.path(),
+        Some(savepoint),
+        (None, None),
+        CheckpointMode::Unaligned,
+    );
+    resumed.expect("the savepoint restores at parallelism 3");
+    assert!(before.len() < RECORDS as usize && !after.is_empty());
+    assert_eq!(
+        final_sums(&[before, after].concat()),
+        expected_sums(),
+        "exactly the failure-free sums"
+    );
 }
 
 // ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 //! Checkpoint modes beyond aligned. Unaligned: barriers overtake in-flight records,
 //! which the checkpoint keeps as channel state and a restored job replays first;
 //! state stays exact across failures, and under backpressure unaligned checkpoints
-//! complete where aligned ones time out. At least once: nothing is lost.
+//! complete where aligned ones time out. Aligned with a timeout: aligned until an
+//! alignment lasts too long, then unaligned; exact all the same. At least once:
+//! nothing is lost.
 
 mod common;
 
@@ -83,6 +85,31 @@ fn a_failure_after_unaligned_checkpoints_restores_in_flight_records_exactly() {
 }
 
 #[test]
+fn a_failure_after_checkpoints_that_switched_to_unaligned_restores_exactly() {
+    for backend in [StateBackendChoice::Memory, StateBackendChoice::RocksDb] {
+        let fault = Fault::armed();
+        // A 1 ms timeout under light backpressure: some alignments finish in time,
+        // others switch part way.
+        let (report, output) = run(
+            CheckpointMode::AlignedWithTimeout { timeout_ms: 1 },
+            backend,
+            Duration::from_secs(30),
+            Duration::from_micros(20),
+            Some((RECORDS / KEYS * 2 / 3, fault.clone())),
+        );
+        assert!(fault.fired());
+        assert_eq!(report.restarts, 1, "{backend:?}");
+        assert!(
+            report.unaligned_checkpoints > 0,
+            "{backend:?}: some alignments timed out ({} of {} checkpoints unaligned)",
+            report.unaligned_checkpoints,
+            report.checkpoints
+        );
+        assert_exact(&output);
+    }
+}
+
+#[test]
 fn an_at_least_once_job_loses_nothing_across_a_failure() {
     for backend in [StateBackendChoice::Memory, StateBackendChoice::RocksDb] {
         let output = run_failing_once(CheckpointMode::AtLeastOnce, backend);
@@ -122,16 +149,32 @@ fn under_backpressure_unaligned_checkpoints_complete_where_aligned_ones_time_out
         slow,
         None,
     );
+    let (switching, switching_output) = run(
+        CheckpointMode::AlignedWithTimeout { timeout_ms: 20 },
+        StateBackendChoice::Memory,
+        timeout,
+        slow,
+        None,
+    );
     assert_exact(&aligned_output);
     assert_exact(&unaligned_output);
+    assert_exact(&switching_output);
     eprintln!(
-        "completed checkpoints (final included): aligned {}, unaligned {}",
-        aligned.checkpoints, unaligned.checkpoints
+        "completed checkpoints (final included): aligned {}, unaligned {}, aligned with a 20 ms timeout {} ({} switched)",
+        aligned.checkpoints, unaligned.checkpoints, switching.checkpoints, switching.unaligned_checkpoints
     );
+    assert_eq!(aligned.unaligned_checkpoints, 0);
     assert!(
         unaligned.checkpoints >= aligned.checkpoints + 3,
         "aligned {} vs unaligned {}",
         aligned.checkpoints,
         unaligned.checkpoints
     );
+    assert!(
+        switching.checkpoints >= aligned.checkpoints + 3,
+        "aligned {} vs aligned with timeout {}",
+        aligned.checkpoints,
+        switching.checkpoints
+    );
+    assert!(switching.unaligned_checkpoints > 0);
 }

@@ -2,7 +2,6 @@
 //! and a job master that deploys the subtasks (see `deploy.rs`), supervises them
 //! (restarts from the latest checkpoint) and drives checkpoints.
 
-use crate::checkpoint::barrier::CheckpointMode;
 use crate::config::JobConfig;
 use crate::control::JobControl;
 use crate::deploy::Deployment;
@@ -54,12 +53,6 @@ pub(crate) fn execute(graph: JobGraph, control: JobControl) -> Result<JobReport,
     let checkpoints = match &graph.config.checkpoint {
         None => None,
         Some(config) => {
-            if matches!(config.mode, CheckpointMode::AlignedWithTimeout { .. }) {
-                return Err(JobError::InvalidGraph(format!(
-                    "checkpoint mode {:?} is not supported yet: use aligned, unaligned or at-least-once",
-                    config.mode
-                )));
-            }
             let subtasks = plan.vertices.iter().map(|v| v.parallelism as usize).sum();
             let operators = graph
                 .nodes
@@ -110,6 +103,7 @@ pub(crate) fn execute(graph: JobGraph, control: JobControl) -> Result<JobReport,
         elapsed: started.elapsed(),
         restarts: summary.restarts,
         checkpoints: summary.checkpoints,
+        unaligned_checkpoints: summary.unaligned_checkpoints,
         recoveries: summary.recoveries,
         savepoint: summary.savepoint,
         checkpoint_durations: summary.checkpoint_durations,

@@ -39,6 +39,9 @@ pub struct JobReport {
     pub restarts: u32,
     /// Checkpoints completed in this run (the final one included).
     pub checkpoints: u64,
+    /// Of those, the ones taken unaligned by some subtask (unaligned mode, or an
+    /// alignment that timed out).
+    pub unaligned_checkpoints: u64,
     /// Per restart: from the failure to every subtask running again (restart delay
     /// and state restore included).
     pub recoveries: Vec<Duration>,

@@ -17,6 +17,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use toml::{Table, Value};
 
+/// The alignment timeout of `mode = "aligned_with_timeout"` runs whose topology sets
+/// none.
+const SCENARIO_ALIGNMENT_TIMEOUT_MS: i64 = 5;
+
 /// The mode and backend of one run (`None`: the topology's), and the run-wide
 /// choices of `weir scenario run`.
 #[derive(Debug, Clone, Default)]
@@ -513,6 +517,14 @@ fn prepare(
         }
         if let Some(mode) = mode {
             checkpoint.insert("mode".into(), mode.as_str().into());
+            if mode == "aligned_with_timeout" {
+                // Short, so that faulty runs take checkpoints that switch part way.
+                checkpoint
+                    .entry("alignment_timeout_ms")
+                    .or_insert(Value::Integer(SCENARIO_ALIGNMENT_TIMEOUT_MS));
+            } else {
+                checkpoint.remove("alignment_timeout_ms");
+            }
         }
     }
     let topology = dir.join("topology.toml");

@@ -143,7 +143,12 @@ pub const FAULT_KINDS: &[&str] = &[
     "broken_sink",
 ];
 
-pub const MODES: &[&str] = &["aligned", "unaligned", "at_least_once"];
+pub const MODES: &[&str] = &[
+    "aligned",
+    "unaligned",
+    "aligned_with_timeout",
+    "at_least_once",
+];
 pub const BACKENDS: &[&str] = &["memory", "rocksdb"];
 
 /// Reads and parses a scenario file.

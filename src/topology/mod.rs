@@ -70,7 +70,8 @@
 //! min_pause_ms = 0
 //! max_concurrent = 1
 //! tolerable_failures = 0    # consecutive failed checkpoints before the job fails
-//! mode = "aligned"          # or "at_least_once"
+//! mode = "aligned"          # or "unaligned", "aligned_with_timeout", "at_least_once"
+//! alignment_timeout_ms = 100  # aligned_with_timeout only
 //! retain = 3
 //! ```
 //!

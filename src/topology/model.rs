@@ -329,6 +329,7 @@ const CHECKPOINT_KEYS: &[&str] = &[
     "max_concurrent",
     "tolerable_failures",
     "mode",
+    "alignment_timeout_ms",
     "retain",
 ];
 const JOB_KEYS: &[&str] = &[
@@ -470,16 +471,34 @@ fn parse_checkpoint(v: &Val, ctx: &Ctx) -> Result<CheckpointConfig, Problem> {
     if let Some((n, _)) = r.int("retain", 1, 1_000, "3")? {
         config.retain = n as usize;
     }
+    let timeout = r.int("alignment_timeout_ms", 0, 86_400_000, "100")?;
     if let Some((mode, at)) = r.string("mode", "\"aligned\"")? {
-        const MODES: &[&str] = &["aligned", "unaligned", "at_least_once"];
+        const MODES: &[&str] = &[
+            "aligned",
+            "unaligned",
+            "aligned_with_timeout",
+            "at_least_once",
+        ];
         config.mode = match mode.as_str() {
             "aligned" => CheckpointMode::Aligned,
             "unaligned" => CheckpointMode::Unaligned,
             "at_least_once" => CheckpointMode::AtLeastOnce,
+            "aligned_with_timeout" => match &timeout {
+                Some((ms, _)) => CheckpointMode::AlignedWithTimeout {
+                    timeout_ms: *ms as u64,
+                },
+                None => {
+                    return Err(Problem::new(
+                        &at,
+                        "checkpoint mode `aligned_with_timeout` needs `alignment_timeout_ms`",
+                    )
+                    .fix("add `alignment_timeout_ms = 100` to [checkpoint]: alignments longer than that switch to unaligned"))
+                }
+            },
             _ => {
                 let fix = match closest(&mode, MODES) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None => "use `aligned` or `unaligned` (exactly once), or `at_least_once`"
+                    None => "use `aligned`, `unaligned` or `aligned_with_timeout` (exactly once), or `at_least_once`"
                         .to_string(),
                 };
                 return Err(
@@ -487,6 +506,16 @@ fn parse_checkpoint(v: &Val, ctx: &Ctx) -> Result<CheckpointConfig, Problem> {
                 );
             }
         };
+    }
+    if let (Some((_, at)), false) = (
+        &timeout,
+        matches!(config.mode, CheckpointMode::AlignedWithTimeout { .. }),
+    ) {
+        return Err(Problem::new(
+            at,
+            "`alignment_timeout_ms` applies only to `mode = \"aligned_with_timeout\"`",
+        )
+        .fix("set `mode = \"aligned_with_timeout\"` in [checkpoint], or remove the timeout"));
     }
     r.finish(CHECKPOINT_KEYS)?;
     Ok(config)
@@ -2075,6 +2104,33 @@ id = "out"
 type = "null"
 input = "count"
 "#;
+
+    #[test]
+    fn aligned_with_timeout_checkpoints_need_their_timeout_and_only_they_take_one() {
+        let with = |extra: &str| format!("{OK}\n[checkpoint]\ndir = \"chk\"\n{extra}\n");
+        let t = parse(&with(
+            "mode = \"aligned_with_timeout\"\nalignment_timeout_ms = 250",
+        ))
+        .unwrap();
+        assert_eq!(
+            t.job.checkpoint.unwrap().mode,
+            CheckpointMode::AlignedWithTimeout { timeout_ms: 250 }
+        );
+        let e = err(&with("mode = \"aligned_with_timeout\""));
+        assert!(e.message.contains("needs `alignment_timeout_ms`"), "{e}");
+        let e = err(&with("alignment_timeout_ms = 250"));
+        assert!(
+            e.message
+                .contains("applies only to `mode = \"aligned_with_timeout\"`"),
+            "{e}"
+        );
+        let e = err(&with("mode = \"aligned_with_timeuot\""));
+        assert!(
+            e.to_string()
+                .contains("did you mean `aligned_with_timeout`?"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn exactly_once_file_sinks_parse_with_defaults_and_need_aligned_checkpoints() {

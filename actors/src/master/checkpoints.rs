@@ -48,6 +48,9 @@ pub(crate) struct SnapshotTimes {
     pub asynchronous: Duration,
     /// In-flight records kept (unaligned).
     pub channel_bytes: u64,
+    /// The subtask's snapshot was unaligned (from the start, or after its alignment
+    /// timed out).
+    pub unaligned: bool,
 }
 
 #[derive(Message)]
@@ -80,6 +83,8 @@ pub(crate) struct CheckpointDriver {
     restorable: Vec<CheckpointId>,
     /// Checkpoints completed in this run.
     pub(super) completed: u64,
+    /// Of those, the ones that some subtask took unaligned.
+    pub(super) completed_unaligned: u64,
     /// How long each completed checkpoint took, trigger to durable metadata.
     pub(super) durations: Vec<Duration>,
 }
@@ -125,6 +130,7 @@ impl CheckpointDriver {
             triggered_at: HashMap::new(),
             restorable: resumed_from.into_iter().collect(),
             completed: 0,
+            completed_unaligned: 0,
             durations: Vec::new(),
         })
     }
@@ -177,6 +183,7 @@ impl CheckpointDriver {
                 sync: all.sync.max(a.times.sync),
                 asynchronous: all.asynchronous.max(a.times.asynchronous),
                 channel_bytes: all.channel_bytes + a.times.channel_bytes,
+                unaligned: all.unaligned || a.times.unaligned,
             });
         let mut metadata = CheckpointMetadata::new(id);
         metadata.is_savepoint = is_savepoint;
@@ -262,13 +269,16 @@ impl JobMaster {
                                 tracing::info!(checkpoint = id, "savepoint to stop the job");
                                 self.lifecycle = Lifecycle::Stopping { savepoint: id };
                             }
-                            let unaligned = self
-                                .deployment
-                                .graph
-                                .config
-                                .checkpoint
-                                .as_ref()
-                                .is_some_and(|c| c.mode == CheckpointMode::Unaligned);
+                            // Savepoints are aligned whatever the mode: no channel
+                            // state, so they restore at any parallelism.
+                            let unaligned = !savepoint
+                                && self
+                                    .deployment
+                                    .graph
+                                    .config
+                                    .checkpoint
+                                    .as_ref()
+                                    .is_some_and(|c| c.mode == CheckpointMode::Unaligned);
                             let barrier = Barrier {
                                 id,
                                 unaligned,
@@ -297,6 +307,7 @@ impl JobMaster {
                             if let Some(took) = took {
                                 driver.durations.push(took);
                             }
+                            driver.completed_unaligned += u64::from(times.unaligned);
                             tracing::info!(
                                 checkpoint = id,
                                 duration_ms = took.map_or(0.0, ms),
@@ -305,6 +316,7 @@ impl JobMaster {
                                 async_ms = ms(times.asynchronous),
                                 state_bytes = bytes,
                                 channel_bytes = times.channel_bytes,
+                                unaligned = times.unaligned,
                                 "checkpoint complete"
                             );
                             driver.coordinator.metadata_written(id, now)

@@ -108,6 +108,7 @@ pub(crate) struct Supervision {
 pub(crate) struct RunSummary {
     pub restarts: u32,
     pub checkpoints: u64,
+    pub unaligned_checkpoints: u64,
     pub recoveries: Vec<Duration>,
     pub savepoint: Option<PathBuf>,
     pub checkpoint_durations: Vec<Duration>,
@@ -252,6 +253,10 @@ impl JobMaster {
             let summary = RunSummary {
                 restarts: self.attempt,
                 checkpoints: self.checkpoints.as_ref().map_or(0, |c| c.completed),
+                unaligned_checkpoints: self
+                    .checkpoints
+                    .as_ref()
+                    .map_or(0, |c| c.completed_unaligned),
                 recoveries: std::mem::take(&mut self.recoveries),
                 checkpoint_durations: self
                     .checkpoints

@@ -202,6 +202,7 @@ impl Checkpointing {
                 outputs,
             };
             times.channel_bytes = state.bytes() as u64;
+            times.unaligned = true;
             self.push_channel_state(barrier.id, state, &mut pending);
         }
         times.sync = started.elapsed();
@@ -233,7 +234,11 @@ impl Checkpointing {
                     debug_assert_eq!(id, self.latest.id);
                     let started = Instant::now();
                     let mut pending = Vec::new();
-                    checkpoint(self.latest, net, &mut pending)?;
+                    let barrier = Barrier {
+                        unaligned: false,
+                        ..self.latest
+                    };
+                    checkpoint(barrier, net, &mut pending)?;
                     let times = SnapshotTimes {
                         alignment: started.duration_since(self.first_barrier),
                         sync: started.elapsed(),
@@ -254,34 +259,23 @@ impl Checkpointing {
                     let mut pending = Vec::new();
                     checkpoint(barrier, net, &mut pending)?;
                     let outputs = self.overtaken_output(net)?;
-                    // Everything queued now precedes its channel's barrier.
-                    let codec = self.channels.as_ref().and_then(|c| c.input.clone());
-                    let mut inputs = InputRecorder::new(gate.channels());
-                    for channel in 0..gate.channels() {
-                        for event in gate.queued(channel) {
-                            if let ChannelEvent::Batch(batch) = event {
-                                let codec = codec.as_ref().expect("input channels have a codec");
-                                inputs.add(
-                                    channel,
-                                    codec.encode(batch).map_err(|e| self.failure(e))?,
-                                );
-                            }
-                        }
-                    }
                     let times = SnapshotTimes {
                         alignment: started.duration_since(self.first_barrier),
                         sync: started.elapsed(),
+                        unaligned: true,
                         ..SnapshotTimes::default()
                     };
                     self.unaligned = Some(Unaligned {
                         id,
                         pending,
                         outputs,
-                        inputs,
+                        inputs: InputRecorder::new(gate.channels()),
                         times,
                     });
                 }
+                Action::RecordQueued { channel, id } => self.record_queued(gate, channel, id)?,
                 Action::Record(channel) => {
+                    self.record_queued(gate, channel, self.latest.id)?;
                     if let Some(unaligned) = self.unaligned.as_mut() {
                         unaligned.inputs.start(channel);
                     }
@@ -316,6 +310,36 @@ impl Checkpointing {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Keeps the batches queued on `channel` ahead of its barrier `id` (all of them
+    /// when that barrier is not queued) as input channel state.
+    fn record_queued(
+        &mut self,
+        gate: &InputGate<ChannelEvent<AnyBatch>>,
+        channel: usize,
+        id: CheckpointId,
+    ) -> Result<(), StageError> {
+        let codec = self.channels.as_ref().and_then(|c| c.input.clone());
+        let mut encoded = Vec::new();
+        for event in gate.queued(channel) {
+            match event {
+                ChannelEvent::Batch(batch) => {
+                    let codec = codec.as_ref().expect("input channels have a codec");
+                    encoded.push(codec.encode(batch).map_err(|e| self.failure(e))?);
+                }
+                ChannelEvent::Barrier(barrier) if barrier.id >= id => break,
+                _ => {}
+            }
+        }
+        let unaligned = self
+            .unaligned
+            .as_mut()
+            .expect("recording after the snapshot");
+        for batch in encoded {
+            unaligned.inputs.add(channel, batch);
         }
         Ok(())
     }

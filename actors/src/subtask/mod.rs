@@ -10,7 +10,7 @@
 mod checkpointing;
 
 use crate::channel_state::ChannelIo;
-use crate::checkpoint::barrier::{BarrierHandler, CheckpointMode};
+use crate::checkpoint::barrier::{Action, BarrierHandler, CheckpointMode};
 use crate::checkpoint::coordinator::{Barrier, CheckpointId};
 use crate::config::JobConfig;
 use crate::error::StageError;
@@ -80,6 +80,8 @@ pub(crate) struct SubtaskActor {
     linger_armed: bool,
     /// The processing time a wake-up is scheduled for (keyed operators' timers).
     processing_timer_at: Option<EventTime>,
+    /// When the alignment timeout is armed for (ms since `started`).
+    alignment_timer_at: Option<u64>,
     batch_size: usize,
     channel_capacity: usize,
     linger: Duration,
@@ -146,6 +148,7 @@ impl SubtaskActor {
             pump_scheduled: false,
             linger_armed: false,
             processing_timer_at: None,
+            alignment_timer_at: None,
             batch_size: config.batch_size,
             channel_capacity: config.channel_capacity,
             linger: config.linger,
@@ -197,6 +200,53 @@ impl SubtaskActor {
         }
         self.arm_linger(ctx);
         self.arm_processing_timer(ctx);
+        self.arm_alignment_timeout(ctx);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Schedules the switch to unaligned of an alignment that can time out.
+    fn arm_alignment_timeout(&mut self, ctx: &mut Context<Self>) {
+        let Some(deadline) = self.ckpt.barriers.alignment_deadline() else {
+            return;
+        };
+        if self.alignment_timer_at == Some(deadline) || self.phase != Phase::Running {
+            return;
+        }
+        self.alignment_timer_at = Some(deadline);
+        let delay = Duration::from_millis(deadline.saturating_sub(self.now_ms()));
+        ctx.run_later(delay, move |actor, ctx| {
+            if actor.alignment_timer_at != Some(deadline) {
+                return;
+            }
+            actor.alignment_timer_at = None;
+            if actor.phase != Phase::Running {
+                return;
+            }
+            let actions = actor.ckpt.barriers.on_tick(actor.now_ms());
+            if !actions.is_empty() {
+                tracing::debug!(subtask = %actor.ckpt.ack_to.name, index = actor.ckpt.ack_to.index, checkpoint = actor.ckpt.latest.id, "alignment timed out: the checkpoint continues unaligned");
+            }
+            match actor.apply_barrier_actions(actions) {
+                Ok(()) => actor.pump(ctx),
+                Err(error) => actor.fail(error, ctx),
+            }
+        });
+    }
+
+    /// Carries out what the barrier handler decided (input subtasks only).
+    fn apply_barrier_actions(&mut self, actions: Vec<Action>) -> Result<(), StageError> {
+        let Ok(Head::Input(input)) = self.head.as_mut() else {
+            return Ok(());
+        };
+        self.ckpt.apply(
+            actions,
+            &mut self.gate,
+            &mut self.net,
+            |barrier, net, pending| input.checkpoint(barrier, net, pending),
+        )
     }
 
     /// Schedules a wake-up for the chain's earliest processing-time timer, unless an
@@ -290,7 +340,7 @@ impl SubtaskActor {
                 Some((channel, ChannelEvent::Barrier(barrier))) => {
                     let now_ms = self.started.elapsed().as_millis() as u64;
                     self.ckpt.saw(barrier);
-                    let actions = self.ckpt.barriers.on_barrier(channel, barrier.id, now_ms);
+                    let actions = self.ckpt.barriers.on_barrier(channel, &barrier, now_ms);
                     self.ckpt
                         .apply(actions, &mut self.gate, net, |barrier, net, pending| {
                             input.checkpoint(barrier, net, pending)
@@ -316,19 +366,49 @@ impl SubtaskActor {
 
     /// An unaligned barrier arrived on `channel` (the subtask runs).
     fn on_unaligned_barrier(&mut self, channel: usize, barrier: Barrier) -> Result<(), StageError> {
-        let now_ms = self.started.elapsed().as_millis() as u64;
         self.ckpt.saw(barrier);
-        let actions = self.ckpt.barriers.on_barrier(channel, barrier.id, now_ms);
+        let actions = self
+            .ckpt
+            .barriers
+            .on_barrier(channel, &barrier, self.now_ms());
         tracing::trace!(subtask = %self.ckpt.ack_to.name, channel, id = barrier.id, ?actions, "unaligned barrier");
-        let Ok(Head::Input(input)) = self.head.as_mut() else {
+        self.apply_barrier_actions(actions)
+    }
+
+    /// An aligned barrier arrived on `channel`, behind the data queued there (aligned
+    /// with timeout: its alignment timeout starts now).
+    fn on_announced_barrier(&mut self, channel: usize, barrier: Barrier) -> Result<(), StageError> {
+        let actions = self
+            .ckpt
+            .barriers
+            .on_announced(channel, &barrier, self.now_ms());
+        // A newer checkpoint announced during another's alignment starts only when its
+        // barrier is processed: until then the snapshot is of the one in progress.
+        if self.ckpt.barriers.in_progress() == Some(barrier.id) {
+            self.ckpt.saw(barrier);
+        }
+        self.apply_barrier_actions(actions)
+    }
+
+    /// Barriers that were queued before the subtask started are announced now.
+    fn announce_queued_barriers(&mut self) -> Result<(), StageError> {
+        if !self.ckpt.barriers.wants_announcements() {
             return Ok(());
-        };
-        self.ckpt.apply(
-            actions,
-            &mut self.gate,
-            &mut self.net,
-            |barrier, net, pending| input.checkpoint(barrier, net, pending),
-        )
+        }
+        let queued: Vec<(usize, Barrier)> = (0..self.gate.channels())
+            .flat_map(|channel| {
+                self.gate
+                    .queued(channel)
+                    .filter_map(move |event| match event {
+                        ChannelEvent::Barrier(barrier) => Some((channel, *barrier)),
+                        _ => None,
+                    })
+            })
+            .collect();
+        for (channel, barrier) in queued {
+            self.on_announced_barrier(channel, barrier)?;
+        }
+        Ok(())
     }
 
     /// A subtask restored from an unaligned checkpoint first sends the output its
@@ -511,6 +591,10 @@ impl Handler<Start> for SubtaskActor {
                 return;
             }
         }
+        if let Err(error) = self.announce_queued_barriers() {
+            self.fail(error, ctx);
+            return;
+        }
         self.master.do_send(SubtaskOpened {
             attempt: self.ckpt.ack_to.attempt,
         });
@@ -522,44 +606,48 @@ impl Handler<Start> for SubtaskActor {
 impl Handler<Deliver> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, deliver: Deliver, ctx: &mut Context<Self>) {
-        if self.mode == CheckpointMode::Unaligned {
-            match &deliver.event {
-                // Unaligned barriers act on arrival, ahead of the queued input.
-                ChannelEvent::Barrier(barrier) => {
-                    match self.phase {
-                        Phase::Created => self.early_barriers.push((deliver.channel, *barrier)),
-                        Phase::Running => {
-                            if let Err(error) = self.on_unaligned_barrier(deliver.channel, *barrier)
-                            {
-                                self.fail(error, ctx);
-                                return;
-                            }
+        let channel = deliver.channel;
+        let acted = match &deliver.event {
+            // Unaligned barriers act on arrival, ahead of the queued input.
+            ChannelEvent::Barrier(barrier) if barrier.unaligned => {
+                match self.phase {
+                    Phase::Created => self.early_barriers.push((channel, *barrier)),
+                    Phase::Running => {
+                        if let Err(error) = self.on_unaligned_barrier(channel, *barrier) {
+                            self.fail(error, ctx);
+                            return;
                         }
-                        _ => {}
                     }
-                    if self.phase == Phase::Running && !self.pump_scheduled {
-                        self.pump(ctx);
-                    }
-                    return;
+                    _ => {}
                 }
-                ChannelEvent::Batch(batch) => {
-                    if let Err(error) = self.ckpt.on_batch(deliver.channel, batch) {
-                        self.fail(error, ctx);
-                        return;
-                    }
+                if self.phase == Phase::Running && !self.pump_scheduled {
+                    self.pump(ctx);
                 }
-                _ => {}
+                return;
             }
-            // Processed in a pump round of its own, so that the mailbox (and any
-            // barrier in it) is read between rounds.
-            self.gate.push(deliver.channel, deliver.event);
-            if matches!(self.phase, Phase::Running) {
-                self.schedule_pump(ctx);
+            ChannelEvent::Barrier(barrier)
+                if self.phase == Phase::Running && self.ckpt.barriers.wants_announcements() =>
+            {
+                self.on_announced_barrier(channel, *barrier)
             }
+            ChannelEvent::Batch(batch) => self.ckpt.on_batch(channel, batch),
+            _ => Ok(()),
+        };
+        if let Err(error) = acted {
+            self.fail(error, ctx);
             return;
         }
-        self.gate.push(deliver.channel, deliver.event);
-        if !self.pump_scheduled {
+        self.gate.push(channel, deliver.event);
+        if matches!(
+            self.mode,
+            CheckpointMode::Unaligned | CheckpointMode::AlignedWithTimeout { .. }
+        ) {
+            // Processed in a pump round of its own, so that the mailbox (and any
+            // unaligned barrier in it) is read between rounds.
+            if self.phase == Phase::Running {
+                self.schedule_pump(ctx);
+            }
+        } else if !self.pump_scheduled {
             self.pump(ctx);
         }
     }
@@ -633,16 +721,7 @@ impl Handler<NotifyCheckpoint> for SubtaskActor {
             // An aborted alignment releases its channels; what an unaligned one kept
             // is dropped.
             let actions = self.ckpt.barriers.on_abort(notify.id);
-            let Ok(Head::Input(input)) = self.head.as_mut() else {
-                return;
-            };
-            let applied = self.ckpt.apply(
-                actions,
-                &mut self.gate,
-                &mut self.net,
-                |barrier, net, pending| input.checkpoint(barrier, net, pending),
-            );
-            if let Err(error) = applied {
+            if let Err(error) = self.apply_barrier_actions(actions) {
                 self.fail(error, ctx);
                 return;
             }
