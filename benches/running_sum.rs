@@ -10,6 +10,11 @@
 //!     WEIR_BENCH_CHECKPOINT_MS=1000 WEIR_BENCH_MODE=unaligned cargo bench --bench running_sum
 //!     WEIR_BENCH_CHECKPOINT_MS=1000 WEIR_BENCH_FAIL_AT=5000000 cargo bench --bench running_sum
 //!         # one injected failure per run: prints the recovery time (failure → running)
+//!     WEIR_BENCH_CHECKPOINT_MS=200 WEIR_BENCH_MODE=unaligned WEIR_BENCH_SLOW_US=50 \
+//!         WEIR_BENCH_RECORDS=200000 cargo bench --bench running_sum
+//!         # full backpressure: a map after the sum takes 50 µs per record; compare the
+//!         # checkpoint durations of aligned, unaligned and aligned_with_timeout
+//!         # (WEIR_BENCH_ALIGNMENT_TIMEOUT_MS, default 100)
 //!     WEIR_BENCH_SINK=files cargo bench --bench running_sum
 //!         # the exactly-once file sink ("key,sum" lines) instead of the null sink;
 //!         # checks that the committed parts hold exactly one line per record
@@ -121,9 +126,13 @@ fn main() {
     let checkpoint_ms = env("WEIR_BENCH_CHECKPOINT_MS", 0);
     let fail_at = env("WEIR_BENCH_FAIL_AT", u64::MAX);
     let files = std::env::var("WEIR_BENCH_SINK").as_deref() == Ok("files");
+    let slow = Duration::from_micros(env("WEIR_BENCH_SLOW_US", 0));
     let mode = match std::env::var("WEIR_BENCH_MODE").as_deref() {
         Ok("unaligned") => weir::CheckpointMode::Unaligned,
         Ok("at_least_once") => weir::CheckpointMode::AtLeastOnce,
+        Ok("aligned_with_timeout") => weir::CheckpointMode::AlignedWithTimeout {
+            timeout_ms: env("WEIR_BENCH_ALIGNMENT_TIMEOUT_MS", 100),
+        },
         _ => weir::CheckpointMode::Aligned,
     };
     let backend = match std::env::var("WEIR_BENCH_BACKEND").as_deref() {
@@ -141,6 +150,7 @@ fn main() {
     let mut checkpoints = Vec::new();
     let mut recoveries = Vec::new();
     let mut durations = Vec::new();
+    let mut unaligned = 0;
     for run in 1..=runs {
         let armed = Arc::new(AtomicBool::new(fail_at < records));
         let dir = tempfile::tempdir().expect("a temporary checkpoint directory");
@@ -167,6 +177,14 @@ fn main() {
             .map("pair", move |i| (i % keys, i))
             .key_by(|(key, _)| *key)
             .reduce("sum", |(key, sum), (_, i)| (*key, sum + i));
+        let sums = if slow.is_zero() {
+            sums
+        } else {
+            sums.map("slow", move |pair| {
+                std::thread::sleep(slow);
+                pair
+            })
+        };
         let out = tempfile::tempdir().expect("a temporary output directory");
         if files {
             let sink = ExactlyOnceFileSink::new(out.path(), |(key, sum): &(u64, u64), line| {
@@ -186,6 +204,7 @@ fn main() {
         if files {
             assert_eq!(committed_lines(out.path()), records, "exactly once");
         }
+        unaligned += report.unaligned_checkpoints;
         durations.extend(
             report
                 .checkpoint_durations
@@ -229,7 +248,7 @@ fn main() {
     if !durations.is_empty() {
         durations.sort_by(f64::total_cmp);
         println!(
-            "checkpoint duration ({mode:?}, {} checkpoints, final ones included) median={:.1} ms max={:.1} ms",
+            "checkpoint duration ({mode:?}, {} checkpoints, {unaligned} of them unaligned, final ones included) median={:.1} ms max={:.1} ms",
             durations.len(),
             durations[durations.len() / 2],
             durations[durations.len() - 1]
@@ -239,7 +258,8 @@ fn main() {
         println!("checkpoints completed per run (every {checkpoint_ms} ms): {checkpoints:?}");
     }
     println!(
-        "running_sum records={records} keys={keys} p=2 backend={backend:?} checkpoint_ms={checkpoint_ms} sink={} runs={runs} median={:.2} M records/s min={:.2} max={:.2} peak_rss={:.1} MB",
+        "running_sum records={records} keys={keys} p=2 backend={backend:?} checkpoint_ms={checkpoint_ms} slow_us={} sink={} runs={runs} median={:.2} M records/s min={:.2} max={:.2} peak_rss={:.1} MB",
+        slow.as_micros(),
         if files { "files" } else { "null" },
         rates[rates.len() / 2] / 1e6,
         rates[0] / 1e6,

@@ -156,11 +156,16 @@ fn unaligned_checkpoints_complete_and_change_nothing_in_the_output() {
 }
 
 #[test]
-fn aligned_with_timeout_is_refused_until_it_exists() {
-    let dir = tempfile::tempdir().unwrap();
-    let mode = CheckpointMode::AlignedWithTimeout { timeout_ms: 100 };
-    let error = run(Some(config(dir.path(), mode))).unwrap_err().to_string();
-    assert!(error.contains("not supported yet"), "{error}");
+fn aligned_with_timeout_checkpoints_complete_and_change_nothing_in_the_output() {
+    for timeout_ms in [0, 100] {
+        let dir = tempfile::tempdir().unwrap();
+        let without = run(None).unwrap();
+        let mode = CheckpointMode::AlignedWithTimeout { timeout_ms };
+        let with = run(Some(config(dir.path(), mode))).unwrap();
+        assert_eq!(with, without, "timeout {timeout_ms} ms");
+        let storage = LocalCheckpointStorage::new(dir.path()).unwrap();
+        assert!(!list_checkpoint_ids(&storage).unwrap().is_empty());
+    }
 }
 
 /// A keyed sum over a rate-limited generator, checkpointed into `chk`; the

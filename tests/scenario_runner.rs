@@ -104,7 +104,9 @@ fn a_malformed_scenario_gets_a_topology_grade_error() {
     let (code, _, stderr) = weir(&["scenario", "run", "scenarios", "--mode", "alinged"]);
     assert_eq!(code, 2);
     assert!(
-        stderr.contains("--mode alinged: use one of aligned, unaligned, at_least_once"),
+        stderr.contains(
+            "--mode alinged: use one of aligned, unaligned, aligned_with_timeout, at_least_once"
+        ),
         "{stderr}"
     );
 }

@@ -163,6 +163,24 @@ fn under_backpressure_unaligned_checkpoints_complete_where_aligned_ones_time_out
         "completed checkpoints (final included): aligned {}, unaligned {}, aligned with a 20 ms timeout {} ({} switched)",
         aligned.checkpoints, unaligned.checkpoints, switching.checkpoints, switching.unaligned_checkpoints
     );
+    for (name, report) in [
+        ("aligned", &aligned),
+        ("unaligned", &unaligned),
+        ("aligned with timeout", &switching),
+    ] {
+        let mut ms: Vec<f64> = report
+            .checkpoint_durations
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        eprintln!(
+            "{name}: checkpoint durations median {:.0} ms, max {:.0} ms ({} completed)",
+            ms.get(ms.len() / 2).unwrap_or(&0.0),
+            ms.last().unwrap_or(&0.0),
+            ms.len()
+        );
+    }
     assert_eq!(aligned.unaligned_checkpoints, 0);
     assert!(
         unaligned.checkpoints >= aligned.checkpoints + 3,

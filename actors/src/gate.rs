@@ -27,6 +27,12 @@ impl<E> InputGate<E> {
         self.queues[channel].push_back(event);
     }
 
+    /// Puts an event back ahead of the channel's queue (the part of a batch that was
+    /// not processed yet).
+    pub fn push_front(&mut self, channel: usize, event: E) {
+        self.queues[channel].push_front(event);
+    }
+
     /// The next event of an unblocked channel, channels taken in turn.
     pub fn pop(&mut self) -> Option<(usize, E)> {
         let n = self.queues.len();

@@ -805,11 +805,23 @@ impl<T: Data> ChainControl for Tee<T> {
 /// The head of a chain fed from the network.
 pub trait InputHead: ChainControl {
     fn push_batch(&mut self, batch: AnyBatch, net: &mut Network) -> Result<(), StageError>;
+    /// Like `push_batch`, but a batch of slow records stops once `deadline` has
+    /// passed and gives back the records it did not take (a slice at a time, so a
+    /// barrier in the mailbox waits for a slice rather than a whole batch).
+    fn push_batch_until(
+        &mut self,
+        batch: AnyBatch,
+        net: &mut Network,
+        deadline: Instant,
+    ) -> Result<Option<AnyBatch>, StageError>;
     fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError>;
     fn on_idle(&mut self, idle: bool, net: &mut Network);
 }
 
 pub struct TypedHead<T>(pub BoxedInput<T>);
+
+/// Records pushed between two looks at the clock in `push_batch_until`.
+const SLICE: usize = 16;
 
 impl<T: Data> InputHead for TypedHead<T> {
     fn push_batch(&mut self, batch: AnyBatch, net: &mut Network) -> Result<(), StageError> {
@@ -817,6 +829,35 @@ impl<T: Data> InputHead for TypedHead<T> {
             .downcast::<Vec<T>>()
             .expect("edge types are checked when the graph is planned");
         self.0.push(&mut records, net)
+    }
+
+    fn push_batch_until(
+        &mut self,
+        batch: AnyBatch,
+        net: &mut Network,
+        deadline: Instant,
+    ) -> Result<Option<AnyBatch>, StageError> {
+        let mut records = *batch
+            .downcast::<Vec<T>>()
+            .expect("edge types are checked when the graph is planned");
+        while records.len() > SLICE {
+            let started = Instant::now();
+            let mut rest = records.split_off(SLICE);
+            self.0.push(&mut records, net)?;
+            let now = Instant::now();
+            let slices_left = (rest.len() / SLICE + 1) as u32;
+            if now + (now - started) * slices_left <= deadline {
+                // Fast records: the rest fits in the time left.
+                self.0.push(&mut rest, net)?;
+                return Ok(None);
+            }
+            if now >= deadline || net.is_blocked() {
+                return Ok(Some(Box::new(rest)));
+            }
+            records = rest;
+        }
+        self.0.push(&mut records, net)?;
+        Ok(None)
     }
 
     fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {

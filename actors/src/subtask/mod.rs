@@ -187,7 +187,7 @@ impl SubtaskActor {
                 break;
             }
             rounds += 1;
-            let progressed = match self.step(ctx) {
+            let progressed = match self.step(ctx, started + PUMP_TIME) {
                 Ok(progressed) => progressed,
                 Err(error) => {
                     self.fail(error, ctx);
@@ -284,8 +284,9 @@ impl SubtaskActor {
         });
     }
 
-    /// One unit of work; false when there is nothing to do now.
-    fn step(&mut self, ctx: &mut Context<Self>) -> Result<bool, StageError> {
+    /// One unit of work, cut short at `deadline` (slow records); false when there is
+    /// nothing to do now.
+    fn step(&mut self, ctx: &mut Context<Self>, deadline: Instant) -> Result<bool, StageError> {
         let batch_size = self.batch_size;
         let (head, net) = (
             self.head.as_mut().expect("running subtasks have a chain"),
@@ -317,12 +318,17 @@ impl SubtaskActor {
             Head::Input(input) => match self.gate.pop() {
                 None => Ok(false),
                 Some((channel, ChannelEvent::Batch(batch))) => {
-                    input.push_batch(batch, net)?;
-                    let source = &self.inputs[channel];
-                    source.sender.do_send(Credit {
-                        channel: source.output_channel,
-                        batches: 1,
-                    });
+                    match input.push_batch_until(batch, net, deadline)? {
+                        // Its credit goes back once the rest has been processed too.
+                        Some(rest) => self.gate.push_front(channel, ChannelEvent::Batch(rest)),
+                        None => {
+                            let source = &self.inputs[channel];
+                            source.sender.do_send(Credit {
+                                channel: source.output_channel,
+                                batches: 1,
+                            });
+                        }
+                    }
                     Ok(true)
                 }
                 Some((channel, ChannelEvent::Watermark(watermark))) => {
