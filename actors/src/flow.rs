@@ -70,6 +70,42 @@ impl<B> OutputChannel<B> {
         self.queue.push_front(event);
     }
 
+    /// Whether the barrier of checkpoint `id` still waits behind batches.
+    pub fn holds_barrier(&self, id: crate::checkpoint::coordinator::CheckpointId) -> bool {
+        self.queue
+            .iter()
+            .any(|e| matches!(e, ChannelEvent::Barrier(b) if b.id == id))
+    }
+
+    /// Moves the waiting barrier of checkpoint `id` to the front, turned unaligned:
+    /// the number of batches it overtook (they now follow it, first in the queue),
+    /// or `None` when it is not waiting here.
+    pub fn overtake_barrier(
+        &mut self,
+        id: crate::checkpoint::coordinator::CheckpointId,
+    ) -> Option<usize> {
+        let at = self
+            .queue
+            .iter()
+            .position(|e| matches!(e, ChannelEvent::Barrier(b) if b.id == id))?;
+        let Some(ChannelEvent::Barrier(barrier)) = self.queue.remove(at) else {
+            unreachable!("the event at `at` is the barrier")
+        };
+        let overtaken = self
+            .queue
+            .iter()
+            .take(at)
+            .filter(|e| matches!(e, ChannelEvent::Batch(_)))
+            .count();
+        self.queue.push_front(ChannelEvent::Barrier(
+            crate::checkpoint::coordinator::Barrier {
+                unaligned: true,
+                ..barrier
+            },
+        ));
+        Some(overtaken)
+    }
+
     /// Events waiting for credit.
     pub fn queued(&self) -> usize {
         self.queue.len()
@@ -112,6 +148,32 @@ mod tests {
         assert_eq!(
             channel.queued_batches().copied().collect::<Vec<_>>(),
             vec![1, 2]
+        );
+    }
+
+    #[test]
+    fn a_waiting_barrier_overtakes_the_batches_ahead_of_it_and_turns_unaligned() {
+        use crate::checkpoint::coordinator::Barrier;
+        let mut channel = OutputChannel::new(1);
+        channel.push(ChannelEvent::Batch(0));
+        assert_eq!(drain(&mut channel), vec![Some(0)]);
+        channel.push(ChannelEvent::Batch(1));
+        channel.push(ChannelEvent::Idle(false));
+        channel.push(ChannelEvent::Batch(2));
+        channel.push(ChannelEvent::Barrier(Barrier::checkpoint(7)));
+        channel.push(ChannelEvent::Batch(3));
+        assert!(channel.holds_barrier(7) && !channel.holds_barrier(6));
+        assert_eq!(channel.overtake_barrier(6), None);
+        assert_eq!(channel.overtake_barrier(7), Some(2));
+        assert!(matches!(
+            channel.queue.front(),
+            Some(ChannelEvent::Barrier(b)) if b.id == 7 && b.unaligned
+        ));
+        assert_eq!(drain(&mut channel), vec![None], "sent without credit");
+        assert!(!channel.holds_barrier(7));
+        assert_eq!(
+            channel.queued_batches().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3]
         );
     }
 

@@ -1,6 +1,7 @@
 //! A subtask's network endpoints: its output channels (credit-gated, see `flow`) and
 //! the way back to the senders of its input channels (for credits).
 
+use crate::checkpoint::coordinator::CheckpointId;
 use crate::flow::{ChannelEvent, OutputChannel};
 use actix::{Message, Recipient};
 use std::any::Any;
@@ -81,6 +82,25 @@ impl Network {
     /// The batches waiting for credit on a channel, oldest first.
     pub fn queued_batches(&self, channel: usize) -> impl Iterator<Item = &AnyBatch> {
         self.channels[channel].queued_batches()
+    }
+
+    /// Whether the barrier of checkpoint `id` still waits for credit on some channel.
+    pub fn holds_barrier(&self, id: CheckpointId) -> bool {
+        self.channels.iter().any(|c| c.holds_barrier(id))
+    }
+
+    /// Sends the waiting barrier of checkpoint `id`, turned unaligned, ahead of the
+    /// batches before it on every channel where it waits: per channel, how many
+    /// batches it overtook (the first ones of `queued_batches`).
+    pub fn overtake_barrier(&mut self, id: CheckpointId) -> Vec<usize> {
+        (0..self.channels.len())
+            .map(|channel| {
+                let before = self.channels[channel].queued();
+                let overtaken = self.channels[channel].overtake_barrier(id);
+                self.pump(channel, before);
+                overtaken.unwrap_or(0)
+            })
+            .collect()
     }
 
     /// Credits came back: send what was waiting for them.

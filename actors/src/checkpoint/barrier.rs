@@ -134,6 +134,19 @@ impl BarrierHandler {
         matches!(self.mode, CheckpointMode::AlignedWithTimeout { .. })
     }
 
+    /// How long an aligned barrier of this kind may take before its checkpoint
+    /// switches to unaligned (aligned with timeout, checkpoints only).
+    pub fn switch_timeout(&self, barrier: &Barrier) -> Option<u64> {
+        match self.mode {
+            CheckpointMode::AlignedWithTimeout { timeout_ms }
+                if !barrier.unaligned && barrier.kind == SnapshotKind::Checkpoint =>
+            {
+                Some(timeout_ms)
+            }
+            _ => None,
+        }
+    }
+
     /// When the alignment in progress times out (`on_tick` is due), if it can.
     pub fn alignment_deadline(&self) -> Option<u64> {
         match self.phase {

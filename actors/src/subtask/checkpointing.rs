@@ -14,7 +14,7 @@ use crate::master::{CheckpointAcked, CheckpointDeclined, JobMaster, SnapshotTime
 use crate::network::{AnyBatch, Network};
 use crate::stage::{file_safe, PendingSnapshot};
 use actix::Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
 use weir_state::AsyncSnapshot;
@@ -102,6 +102,17 @@ struct Unaligned {
     times: SnapshotTimes,
 }
 
+/// An aligned snapshot whose barrier still waits for credit behind queued output
+/// (aligned with timeout): acknowledged once the barrier has left, or, at the
+/// deadline, unaligned, with the batches the barrier then overtakes as output
+/// channel state.
+struct AwaitingSend {
+    id: CheckpointId,
+    pending: Vec<PendingSnapshot>,
+    times: SnapshotTimes,
+    deadline: Instant,
+}
+
 /// A subtask's part in checkpoints.
 pub(super) struct Checkpointing {
     pub ack_to: AckTo,
@@ -111,6 +122,8 @@ pub(super) struct Checkpointing {
     pub latest: Barrier,
     pub channels: Option<ChannelIo>,
     unaligned: Option<Unaligned>,
+    /// Oldest first.
+    awaiting_send: Vec<AwaitingSend>,
     /// When the first barrier of the newest checkpoint arrived.
     first_barrier: Instant,
 }
@@ -123,6 +136,7 @@ impl Checkpointing {
             latest: Barrier::checkpoint(0),
             channels,
             unaligned: None,
+            awaiting_send: Vec::new(),
             first_barrier: Instant::now(),
         }
     }
@@ -167,10 +181,21 @@ impl Checkpointing {
     /// The batches waiting for credit on every output channel, encoded: what an
     /// unaligned barrier just overtook.
     fn overtaken_output(&self, net: &Network) -> Result<Vec<Vec<Vec<u8>>>, StageError> {
+        self.encode_output(net, &vec![usize::MAX; net.channels()])
+    }
+
+    /// The first `take[channel]` batches waiting for credit on each output channel,
+    /// encoded.
+    fn encode_output(
+        &self,
+        net: &Network,
+        take: &[usize],
+    ) -> Result<Vec<Vec<Vec<u8>>>, StageError> {
         let codec = self.channels.as_ref().and_then(|c| c.output.clone());
         (0..net.channels())
             .map(|channel| {
                 net.queued_batches(channel)
+                    .take(take[channel])
                     .map(|batch| {
                         let codec = codec.as_ref().expect("output channels have a codec");
                         codec.encode(batch).map_err(|e| self.failure(e))
@@ -206,8 +231,82 @@ impl Checkpointing {
             self.push_channel_state(barrier.id, state, &mut pending);
         }
         times.sync = started.elapsed();
-        self.ack_to.acknowledge(barrier.id, pending, times);
+        self.acknowledge_when_sent(barrier, started, net, pending, times);
         Ok(())
+    }
+
+    /// Acknowledges a snapshot, or, when its aligned barrier may still switch to
+    /// unaligned and waits for credit behind queued output, once it has left.
+    fn acknowledge_when_sent(
+        &mut self,
+        barrier: Barrier,
+        started: Instant,
+        net: &Network,
+        pending: Vec<PendingSnapshot>,
+        times: SnapshotTimes,
+    ) {
+        match self.barriers.switch_timeout(&barrier) {
+            Some(timeout_ms) if net.holds_barrier(barrier.id) => {
+                self.awaiting_send.push(AwaitingSend {
+                    id: barrier.id,
+                    pending,
+                    times,
+                    deadline: started + Duration::from_millis(timeout_ms),
+                })
+            }
+            _ => self.ack_to.acknowledge(barrier.id, pending, times),
+        }
+    }
+
+    /// Credits came back: acknowledges the snapshots whose barrier has now left.
+    pub fn on_output_progress(&mut self, net: &Network) {
+        if self.awaiting_send.is_empty() {
+            return;
+        }
+        let (sent, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting_send)
+            .into_iter()
+            .partition(|a| !net.holds_barrier(a.id));
+        self.awaiting_send = waiting;
+        for a in sent {
+            self.ack_to.acknowledge(a.id, a.pending, a.times);
+        }
+    }
+
+    /// When the oldest barrier waiting for credit must overtake its queue.
+    pub fn send_deadline(&self) -> Option<Instant> {
+        self.awaiting_send.iter().map(|a| a.deadline).min()
+    }
+
+    /// Barriers that waited for credit past their deadline overtake the batches
+    /// ahead of them, which become output channel state; then their snapshots are
+    /// acknowledged.
+    pub fn overtake_due(&mut self, net: &mut Network, now: Instant) -> Result<(), StageError> {
+        while let Some(at) = self.awaiting_send.iter().position(|a| a.deadline <= now) {
+            let AwaitingSend {
+                id,
+                mut pending,
+                mut times,
+                ..
+            } = self.awaiting_send.remove(at);
+            let overtaken = net.overtake_barrier(id);
+            let outputs = self.encode_output(net, &overtaken)?;
+            let state = ChannelState {
+                inputs: Vec::new(),
+                outputs,
+            };
+            tracing::debug!(subtask = %self.ack_to.name, index = self.ack_to.index, checkpoint = id, "barrier waited too long for credit: it overtakes the output queued ahead of it");
+            times.channel_bytes = state.bytes() as u64;
+            times.unaligned = true;
+            self.push_channel_state(id, state, &mut pending);
+            self.ack_to.acknowledge(id, pending, times);
+        }
+        Ok(())
+    }
+
+    /// The coordinator aborted checkpoint `id`: a snapshot waiting to be
+    /// acknowledged is dropped.
+    pub fn on_aborted(&mut self, id: CheckpointId) {
+        self.awaiting_send.retain(|a| a.id != id);
     }
 
     /// Carries out what the barrier handler decided; `checkpoint` runs the chain's
@@ -244,7 +343,8 @@ impl Checkpointing {
                         sync: started.elapsed(),
                         ..SnapshotTimes::default()
                     };
-                    self.ack_to.acknowledge(id, pending, times);
+                    let first_barrier = self.first_barrier;
+                    self.acknowledge_when_sent(barrier, first_barrier, net, pending, times);
                 }
                 Action::Snapshot {
                     id,

@@ -82,6 +82,8 @@ pub(crate) struct SubtaskActor {
     processing_timer_at: Option<EventTime>,
     /// When the alignment timeout is armed for (ms since `started`).
     alignment_timer_at: Option<u64>,
+    /// When a barrier waiting for credit is armed to overtake its output queue.
+    send_timer_at: Option<Instant>,
     batch_size: usize,
     channel_capacity: usize,
     linger: Duration,
@@ -149,6 +151,7 @@ impl SubtaskActor {
             linger_armed: false,
             processing_timer_at: None,
             alignment_timer_at: None,
+            send_timer_at: None,
             batch_size: config.batch_size,
             channel_capacity: config.channel_capacity,
             linger: config.linger,
@@ -201,6 +204,32 @@ impl SubtaskActor {
         self.arm_linger(ctx);
         self.arm_processing_timer(ctx);
         self.arm_alignment_timeout(ctx);
+        self.arm_barrier_send_timeout(ctx);
+    }
+
+    /// Schedules the overtaking of a barrier that waits for credit behind queued
+    /// output (aligned with timeout), unless an earlier one is scheduled.
+    fn arm_barrier_send_timeout(&mut self, ctx: &mut Context<Self>) {
+        let Some(deadline) = self.ckpt.send_deadline() else {
+            return;
+        };
+        if self.phase == Phase::Over || self.send_timer_at.is_some_and(|at| at <= deadline) {
+            return;
+        }
+        self.send_timer_at = Some(deadline);
+        ctx.run_later(
+            deadline.saturating_duration_since(Instant::now()),
+            move |actor, ctx| {
+                if actor.send_timer_at != Some(deadline) || actor.phase == Phase::Over {
+                    return;
+                }
+                actor.send_timer_at = None;
+                match actor.ckpt.overtake_due(&mut actor.net, Instant::now()) {
+                    Ok(()) => actor.arm_barrier_send_timeout(ctx),
+                    Err(error) => actor.fail(error, ctx),
+                }
+            },
+        );
     }
 
     fn now_ms(&self) -> u64 {
@@ -663,6 +692,7 @@ impl Handler<Credit> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
         self.net.grant(credit.channel, credit.batches);
+        self.ckpt.on_output_progress(&self.net);
         match self.phase {
             Phase::Draining => self.finish_if_drained(ctx),
             Phase::Running if !self.pump_scheduled => self.pump(ctx),
@@ -706,7 +736,10 @@ impl Handler<TriggerCheckpoint> for SubtaskActor {
             |barrier, net, pending| source.checkpoint(barrier, net, pending),
         );
         match taken {
-            Ok(()) => self.suspended |= trigger.then_suspend,
+            Ok(()) => {
+                self.suspended |= trigger.then_suspend;
+                self.arm_barrier_send_timeout(ctx);
+            }
             Err(error) => self.fail(error, ctx),
         }
     }
@@ -724,6 +757,7 @@ impl Handler<NotifyCheckpoint> for SubtaskActor {
             return;
         }
         if !notify.completed {
+            self.ckpt.on_aborted(notify.id);
             // An aborted alignment releases its channels; what an unaligned one kept
             // is dropped.
             let actions = self.ckpt.barriers.on_abort(notify.id);
