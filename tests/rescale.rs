@@ -210,50 +210,69 @@ fn rescaling_across_state_backends_gives_exact_sums() {
     ]);
 }
 
-#[test]
-fn an_unaligned_job_stops_with_an_aligned_savepoint_that_restores_at_another_parallelism() {
-    let dir = tempfile::tempdir().unwrap();
-    let (stopped, before) = run_in_mode(
-        2,
-        StateBackendChoice::Memory,
-        dir.path(),
-        None,
-        (None, Some(30_000)),
-        CheckpointMode::Unaligned,
-    );
-    let stopped = stopped.expect("the job stops with a savepoint");
-    let savepoint = stopped.savepoint.expect("a savepoint");
-    assert!(
-        stopped.unaligned_checkpoints > 0,
-        "the periodic checkpoints before it were unaligned"
-    );
-    let storage = LocalCheckpointStorage::new(dir.path()).unwrap();
+/// The savepoint's in-flight records (there must be none).
+fn channel_state_files(checkpoints: &Path, savepoint: &Path) -> Vec<String> {
+    let storage = LocalCheckpointStorage::new(checkpoints).unwrap();
     let id = parse_checkpoint_dir(savepoint.file_name().unwrap().to_str().unwrap()).unwrap();
     let metadata = load_checkpoint(&storage, id, Verify::Files).unwrap();
-    let channel_state: Vec<_> = metadata
+    metadata
         .files()
         .into_iter()
         .filter(|f| f.path.ends_with(".channels"))
         .map(|f| f.path.clone())
-        .collect();
-    assert!(
-        channel_state.is_empty(),
-        "a savepoint keeps no in-flight records: {channel_state:?}"
-    );
+        .collect()
+}
 
-    let resumed_dir = tempfile::tempdir().unwrap();
-    let (resumed, after) = run_in_mode(
-        3,
-        StateBackendChoice::Memory,
-        resumed_dir.path(),
-        Some(savepoint),
-        (None, None),
-        CheckpointMode::Unaligned,
-    );
-    resumed.expect("the savepoint restores at parallelism 3");
-    assert!(before.len() < RECORDS as usize && !after.is_empty());
+#[test]
+fn an_unaligned_job_rescales_2_3_1_through_savepoints_and_across_backends() {
+    // Each run stops with a savepoint part way (the last one ends), and the next
+    // restores it at another parallelism, with another backend.
+    let runs = [
+        (2, StateBackendChoice::Memory, Some(30_000)),
+        (3, StateBackendChoice::RocksDb, Some(20_000)),
+        (1, StateBackendChoice::Memory, None),
+    ];
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut restore = None;
+    let mut emitted = Vec::new();
+    for ((parallelism, backend, stop_at), dir) in runs.into_iter().zip(&dirs) {
+        let (report, out) = run_in_mode(
+            parallelism,
+            backend,
+            dir.path(),
+            restore.take(),
+            (None, stop_at),
+            CheckpointMode::Unaligned,
+        );
+        let report = report.unwrap_or_else(|e| panic!("parallelism {parallelism}: {e}"));
+        assert!(
+            !out.is_empty(),
+            "parallelism {parallelism} processed records"
+        );
+        emitted.extend(out);
+        if stop_at.is_none() {
+            assert_eq!(report.savepoint, None);
+            continue;
+        }
+        let savepoint = report.savepoint.expect("the job stops with a savepoint");
+        assert!(
+            report.unaligned_checkpoints > 0,
+            "the periodic checkpoints before it were unaligned"
+        );
+        let channel_state = channel_state_files(dir.path(), &savepoint);
+        assert!(
+            channel_state.is_empty(),
+            "a savepoint keeps no in-flight records: {channel_state:?}"
+        );
+        restore = Some(savepoint);
+    }
     assert_eq!(
-        final_sums(&[before, after].concat()),
+        emitted.len(),
+        RECORDS as usize,
+        "each record processed once: sources resume right after each savepoint"
+    );
+    assert_eq!(
+        final_sums(&emitted),
         expected_sums(),
         "exactly the failure-free sums"
     );
