@@ -631,7 +631,11 @@ impl Handler<Credit> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
         self.net.grant(credit.channel, credit.batches);
-        self.on_woken(ctx);
+        if self.woken.get() {
+            // The chain's wake-up waited for this credit; it goes on from there.
+            self.on_woken(ctx);
+            return;
+        }
         match self.phase {
             Phase::Draining => self.finish_if_drained(ctx),
             Phase::Running if !self.pump_scheduled => self.pump(ctx),
