@@ -19,79 +19,42 @@
 //!         # the exactly-once file sink ("key,sum" lines) instead of the null sink;
 //!         # checks that the committed parts hold exactly one line per record
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{env, peak_rss_mb, Discard, Sequence};
 use weir::config::StateBackendChoice;
 use weir::state::checkpoints::list_checkpoint_ids;
 use weir::state::LocalCheckpointStorage;
 use weir::CheckpointConfig;
-use weir::{
-    Context, ExactlyOnceFileSink, JobConfig, Sink, Source, SourcePoll, StreamJob, SubtaskInfo,
-};
+use weir::{Context, ExactlyOnceFileSink, JobConfig, Source, SourcePoll, StreamJob};
 
-/// Subtask j of p emits i = j, j+p, j+2p, … below `end`; the first subtask to reach
-/// `fail_at` while `armed` fails once.
-struct Sequence {
-    next: u64,
-    step: u64,
-    end: u64,
+/// The sequence, failing once in the first subtask to reach `fail_at` while `armed`.
+struct Failing {
+    sequence: Sequence,
     fail_at: u64,
     armed: Arc<AtomicBool>,
 }
 
-impl Sequence {
-    fn new(info: &SubtaskInfo, end: u64, fail_at: u64, armed: Arc<AtomicBool>) -> Self {
-        Sequence {
-            next: info.index as u64,
-            step: info.parallelism as u64,
-            end,
-            fail_at,
-            armed,
-        }
-    }
-}
-
-impl Source for Sequence {
+impl Source for Failing {
     type Out = u64;
     fn poll(&mut self, ctx: &mut Context<'_, u64>, max: usize) -> anyhow::Result<SourcePoll> {
-        if self.next >= self.fail_at && self.armed.swap(false, Ordering::SeqCst) {
-            anyhow::bail!("injected failure at record {}", self.next);
+        let next = self.sequence.next;
+        if next >= self.fail_at && self.armed.swap(false, Ordering::SeqCst) {
+            anyhow::bail!("injected failure at record {next}");
         }
-        for _ in 0..max {
-            if self.next >= self.end {
-                return Ok(SourcePoll::Finished);
-            }
-            ctx.emit(self.next);
-            self.next += self.step;
-        }
-        Ok(SourcePoll::Ready)
+        self.sequence.poll(ctx, max)
     }
 
     fn snapshot_position(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(Some(self.next.to_le_bytes().to_vec()))
+        self.sequence.snapshot_position()
     }
 
     fn restore_position(&mut self, position: &[u8]) -> anyhow::Result<()> {
-        self.next = u64::from_le_bytes(position.try_into()?);
-        Ok(())
+        self.sequence.restore_position(position)
     }
-}
-
-struct Discard;
-impl Sink for Discard {
-    type In = (u64, u64);
-    fn write(&mut self, record: (u64, u64)) -> anyhow::Result<()> {
-        std::hint::black_box(record);
-        Ok(())
-    }
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Lines in the committed (visible) part files of `dir`.
@@ -106,17 +69,6 @@ fn committed_lines(dir: &std::path::Path) -> u64 {
             std::io::BufReader::new(file).lines().count() as u64
         })
         .sum()
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
 }
 
 fn main() {
@@ -171,8 +123,10 @@ fn main() {
             ..JobConfig::default()
         });
         let sums = job
-            .source("generator", move |info| {
-                Sequence::new(info, records, fail_at, armed.clone())
+            .source("generator", move |info| Failing {
+                sequence: Sequence::new(info, records),
+                fail_at,
+                armed: armed.clone(),
             })
             .map("pair", move |i| (i % keys, i))
             .key_by(|(key, _)| *key)
@@ -193,7 +147,7 @@ fn main() {
             });
             sums.sink("sink", move |_| sink.clone());
         } else {
-            sums.sink("sink", |_| Discard);
+            sums.sink("sink", |_| Discard::new());
         }
         let started = Instant::now();
         let report = job.run().expect("benchmark job runs");

@@ -10,12 +10,13 @@
 //!
 //! Run one kind per process for a peak RSS of that kind alone.
 
+mod support;
+
 use std::time::{Duration, Instant};
+use support::{env, peak_rss_mb, Discard};
 use weir::config::StateBackendChoice;
-use weir::window::Windowed;
 use weir::{
-    Context, JobConfig, Sink, Source, SourcePoll, StreamJob, SubtaskInfo, WatermarkStrategy,
-    Windows,
+    Context, JobConfig, Source, SourcePoll, StreamJob, SubtaskInfo, WatermarkStrategy, Windows,
 };
 
 /// (key, event time, value)
@@ -59,33 +60,6 @@ impl Source for Events {
     }
 }
 
-struct Discard;
-impl Sink for Discard {
-    type In = Windowed<u64, u64>;
-    fn write(&mut self, record: Windowed<u64, u64>) -> anyhow::Result<()> {
-        std::hint::black_box(record);
-        Ok(())
-    }
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
-
 fn bench(kind: &str, records: u64, keys: u64, span_ms: u64, runs: u64) {
     let mut rates = Vec::new();
     let mut results = 0;
@@ -109,7 +83,7 @@ fn bench(kind: &str, records: u64, keys: u64, span_ms: u64, runs: u64) {
         .key_by(|e| e.0)
         .window(windows.event_time(|e: &Event| e.1))
         .sum("sum", |e| e.2)
-        .sink("null", |_| Discard);
+        .sink("null", |_| Discard::new());
         let started = Instant::now();
         let report = job.run().expect("benchmark job runs");
         let seconds = started.elapsed().as_secs_f64();

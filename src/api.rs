@@ -23,6 +23,7 @@
 //! subtask's worker thread.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,11 +32,11 @@ use weir_actors::window::{
     AggregateFunction, Aggregating, Avg, Collecting, Count, Extreme, Slicing, Sum, Window,
     WindowFunction, WindowKind, WindowOperator, WindowOutput, WindowTime, Windowed,
 };
+use weir_actors::{AsyncFunction, AsyncOptions, AsyncResult, EventTime, JobControl, KeyedContext};
 use weir_actors::{
     Context, Data, JobConfig, JobError, JobGraph, JobMetrics, JobReport, Key, KeyedOperator,
     NodeDescription, NodeId, Operator, Partitioning, Sink, Source, SubtaskInfo, WatermarkStrategy,
 };
-use weir_actors::{EventTime, JobControl, KeyedContext};
 use weir_state::{KeyedBackend, ValueState, ValueStateDescriptor};
 
 /// A job being built; `run` executes it.
@@ -180,6 +181,72 @@ impl<T: Data> DataStream<T> {
     ) -> DataStream<U> {
         let f = Arc::new(f);
         self.process(name, move |_| FlatMap(f.clone(), PhantomData))
+    }
+
+    /// Calls an asynchronous service per record without waiting for each answer in
+    /// turn (Flink's async I/O): `make` builds, once per subtask, a function from a
+    /// record to a future of its result. [`AsyncOptions`] set the order of the
+    /// results (`Ordered` keeps the input order; `Unordered` emits them as they
+    /// complete, but never across a watermark), the capacity (requests under way per
+    /// subtask; when full the operator takes no more input), a timeout and retries.
+    /// The futures run on the subtask's worker thread (tokio, single-threaded): use
+    /// async clients and timers, never block.
+    ///
+    /// Exactly once: a checkpoint keeps the records whose results have not gone
+    /// downstream, and a restored job calls the function for them again; an error
+    /// (after the retries) or a timeout fails the job, naming the operator.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use weir::{AsyncMode, AsyncOptions, JobConfig, RetryStrategy, StreamJob};
+    /// # use weir::{Context, Sink, Source, SourcePoll};
+    /// # struct Users; impl Source for Users { type Out = u64;
+    /// #   fn poll(&mut self, _: &mut Context<'_, u64>, _: usize) -> anyhow::Result<SourcePoll> { Ok(SourcePoll::Finished) } }
+    /// # struct Print; impl Sink for Print { type In = (u64, String);
+    /// #   fn write(&mut self, r: (u64, String)) -> anyhow::Result<()> { println!("{r:?}"); Ok(()) } }
+    /// async fn lookup_name(user: u64) -> anyhow::Result<String> {
+    ///     tokio::time::sleep(Duration::from_millis(1)).await; // a remote call
+    ///     Ok(format!("user-{user}"))
+    /// }
+    ///
+    /// let job = StreamJob::new(JobConfig::default());
+    /// let options = AsyncOptions {
+    ///     mode: AsyncMode::Unordered,
+    ///     capacity: 500,
+    ///     retry: RetryStrategy::fixed(3, Duration::from_millis(100)),
+    ///     ..AsyncOptions::default()
+    /// };
+    /// job.source("users", |_| Users)
+    ///     .async_map("names", options, |_info| {
+    ///         |user: u64| async move { Ok((user, lookup_name(user).await?)) }
+    ///     })
+    ///     .sink("print", |_| Print);
+    /// job.run().unwrap();
+    /// ```
+    pub fn async_map<U, G, Fut>(
+        self,
+        name: &str,
+        options: AsyncOptions,
+        make: impl Fn(&SubtaskInfo) -> G + Send + Sync + 'static,
+    ) -> DataStream<U>
+    where
+        U: Data,
+        G: FnMut(T) -> Fut + 'static,
+        Fut: Future<Output = anyhow::Result<U>> + 'static,
+    {
+        self.async_process(name, options, move |info| AsyncMap(make(info), PhantomData))
+    }
+
+    /// An async operator with your [`AsyncFunction`]: any number of outputs per
+    /// record, a result predicate for retries, a timeout handler (see
+    /// [`DataStream::async_map`]).
+    pub fn async_process<F: AsyncFunction<In = T>>(
+        self,
+        name: &str,
+        options: AsyncOptions,
+        make: impl Fn(&SubtaskInfo) -> F + Send + Sync + 'static,
+    ) -> DataStream<F::Out> {
+        self.followed_by(|g| g.add_async_operator(name, options, make))
     }
 
     /// Partitions by key: every record of a key reaches the same subtask, the owner of
@@ -366,6 +433,25 @@ where
     fn process(&mut self, record: In, ctx: &mut Context<'_, I::Item>) -> anyhow::Result<()> {
         (self.0)(record).into_iter().for_each(|out| ctx.emit(out));
         Ok(())
+    }
+}
+
+/// A closure returning a future of one output, as an [`AsyncFunction`].
+struct AsyncMap<G, In, Out>(G, PhantomData<fn(In) -> Out>);
+
+impl<G, Fut, In, Out> AsyncFunction for AsyncMap<G, In, Out>
+where
+    G: FnMut(In) -> Fut + 'static,
+    Fut: Future<Output = anyhow::Result<Out>> + 'static,
+    In: Data,
+    Out: Data,
+{
+    type In = In;
+    type Out = Out;
+
+    fn invoke(&mut self, input: In) -> AsyncResult<Out> {
+        let request = (self.0)(input);
+        Box::pin(async move { Ok(vec![request.await?]) })
     }
 }
 

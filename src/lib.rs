@@ -14,10 +14,11 @@ pub use weir_actors::config;
 pub use weir_actors::window;
 pub use weir_actors::window::{AggregateFunction, Window, Windowed};
 pub use weir_actors::{
-    CheckpointConfig, CheckpointId, CheckpointMode, Context, Data, EventTime, ExactlyOnceFileSink,
-    FiredTimer, JobConfig, JobControl, JobError, JobMetrics, JobReport, Key, KeyedContext,
-    KeyedOperator, NodeDescription, Operator, OperatorReport, PreCommit, RestartStrategy, Sink,
-    Source, SourcePoll, SubtaskInfo, TimeDomain, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
+    AsyncFunction, AsyncMode, AsyncOptions, AsyncResult, CheckpointConfig, CheckpointId,
+    CheckpointMode, Context, Data, EventTime, ExactlyOnceFileSink, FiredTimer, JobConfig,
+    JobControl, JobError, JobMetrics, JobReport, Key, KeyedContext, KeyedOperator, NodeDescription,
+    Operator, OperatorReport, PreCommit, RestartStrategy, RetryStrategy, Sink, Source, SourcePoll,
+    SubtaskInfo, TimeDomain, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
 };
 /// Keyed and operator state: descriptors, handles, backends (re-exported `weir-state`).
 pub use weir_state as state;

@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{Fault, Faults, Numbers, KEYS, RECORDS};
+use common::{
+    assert_exactly_once, assert_no_duplicates_so_far, committed_lines, expected_lines, hidden,
+    is_hidden, names, Fault, Faults, Numbers, KEYS, RECORDS,
+};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -185,72 +188,6 @@ impl<'a> Run<'a> {
         });
         job.run_with(control)
     }
-}
-
-/// Every running count exactly once: each key's counts 1, 2, … up to its total.
-fn expected_lines() -> Vec<String> {
-    let mut totals: BTreeMap<u64, u64> = BTreeMap::new();
-    for n in 0..RECORDS {
-        *totals.entry(n % KEYS).or_default() += 1;
-    }
-    let mut lines: Vec<String> = totals
-        .iter()
-        .flat_map(|(key, total)| (1..=*total).map(move |c| format!("{key},{c}")))
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn is_hidden(name: &str) -> bool {
-    name.starts_with('.') || name.starts_with('_')
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// The sorted lines of the committed (visible) files.
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = names(dir)
-        .iter()
-        .filter(|n| !is_hidden(n))
-        .flat_map(|n| {
-            fs::read_to_string(dir.join(n))
-                .unwrap()
-                .lines()
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn hidden(dir: &Path) -> Vec<String> {
-    names(dir).into_iter().filter(|n| is_hidden(n)).collect()
-}
-
-/// No line twice, and none that a failure-free run would not write.
-fn assert_no_duplicates_so_far(dir: &Path) {
-    let lines = committed_lines(dir);
-    let mut unique = lines.clone();
-    unique.dedup();
-    assert_eq!(unique.len(), lines.len(), "a committed line is duplicated");
-    let expected = expected_lines();
-    assert!(lines.iter().all(|l| expected.binary_search(l).is_ok()));
-}
-
-fn assert_exactly_once(dir: &Path) {
-    assert_eq!(committed_lines(dir), expected_lines());
-    assert!(hidden(dir).is_empty(), "left behind: {:?}", hidden(dir));
 }
 
 fn both_backends(test: impl Fn(StateBackendChoice)) {

@@ -1,5 +1,6 @@
 //! Errors a job run reports to its caller.
 
+use crate::operator::SubtaskInfo;
 use std::any::Any;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +30,17 @@ pub(crate) struct StageError {
     pub operator: String,
     pub subtask: u32,
     pub cause: String,
+}
+
+impl StageError {
+    /// A failure of the operator subtask `info` runs.
+    pub fn of(info: &SubtaskInfo, cause: String) -> Self {
+        StageError {
+            operator: info.operator.to_string(),
+            subtask: info.index,
+            cause,
+        }
+    }
 }
 
 impl From<StageError> for JobError {

@@ -2,6 +2,8 @@
 //! their partitioning. Types are checked when the graph is planned, so the downcasts
 //! at the chain boundaries cannot fail at run time.
 
+use crate::async_io::stage::AsyncStage;
+use crate::async_io::{AsyncFunction, AsyncOptions, ASYNC_IN_FLIGHT_STATE};
 use crate::channel_state::ChannelState;
 use crate::config::JobConfig;
 use crate::config::StateBackendChoice;
@@ -210,6 +212,7 @@ struct SourceSpec<S: Source>(Factory<S>, Option<WatermarkStrategy<S::Out>>);
 struct OperatorSpec<O: Operator>(Factory<O>);
 struct KeyedSpec<O: KeyedOperator>(Factory<O>, KeyFn<O::In, O::Key>);
 struct SinkSpec<S: Sink>(Factory<S>);
+struct AsyncSpec<F: AsyncFunction>(Factory<F>, AsyncOptions);
 
 fn typed<T: Data>() -> Option<(&'static str, Arc<dyn Port>)> {
     Some((std::any::type_name::<T>(), port::<T>()))
@@ -303,6 +306,29 @@ impl<S: Sink> NodeSpec for SinkSpec<S> {
     }
 }
 
+impl<F: AsyncFunction> NodeSpec for AsyncSpec<F> {
+    fn build(
+        &self,
+        info: SubtaskInfo,
+        counters: Arc<OperatorCounters>,
+        next: Option<Box<dyn Any>>,
+        env: &BuildEnv,
+    ) -> Result<Built, StageError> {
+        let func = make(&self.0, &info)?;
+        let restore = env.async_in_flight::<F::In>(&info)?;
+        let next = take_input::<F::Out>(next.expect("an operator feeds something"));
+        let core = StageCore::new(info, counters, next);
+        let stage: BoxedInput<F::In> = Box::new(AsyncStage::new(
+            func,
+            core,
+            &self.1,
+            env.storage.clone(),
+            restore,
+        ));
+        Ok(Built::Input(Box::new(stage)))
+    }
+}
+
 /// The name under which a subtask's in-flight records (unaligned checkpoints) are
 /// kept, in the snapshot of its chain's first operator.
 pub(crate) const CHANNELS: &str = "channels";
@@ -322,11 +348,7 @@ pub(crate) struct BuildEnv {
 
 impl BuildEnv {
     fn failure(info: &SubtaskInfo, cause: String) -> StageError {
-        StageError {
-            operator: info.operator.to_string(),
-            subtask: info.index,
-            cause,
-        }
+        StageError::of(info, cause)
     }
 
     /// What the checkpoint being restored holds for this operator, if anything.
@@ -422,34 +444,53 @@ impl BuildEnv {
             }
             return Ok(None);
         };
-        let handles = old.operator_handles();
-        if handles.iter().all(Option::is_none) {
+        if old.operator_handles().iter().all(Option::is_none) {
             return Err(Self::failure(
                 info,
                 "the checkpoint holds no splits for this source: it cannot resume (start with a fresh run)".into(),
             ));
         }
-        let splits = (|| {
-            let mut store = OperatorStateStore::restore(
-                &handles,
-                info.index as usize,
-                info.parallelism as usize,
-                restore.storage.as_ref(),
-            )?;
-            store
-                .list_state::<Vec<u8>>(SOURCE_SPLITS_STATE)?
-                .get(&mut store)
-        })()
-        .map_err(|e| {
-            Self::failure(
-                info,
-                format!("cannot read its splits from the checkpoint: {e}"),
-            )
-        })?;
+        let splits = self.operator_list(info, old, SOURCE_SPLITS_STATE, "its splits")?;
         Ok(Some(RestoredSplits {
             splits,
             checkpoint_parallelism: old.subtasks.len(),
         }))
+    }
+
+    /// This subtask's share of the split-redistributed operator-state list `name`
+    /// of every old subtask of the operator (`what` names it in errors).
+    fn operator_list(
+        &self,
+        info: &SubtaskInfo,
+        old: &OperatorSnapshot,
+        name: &str,
+        what: &str,
+    ) -> Result<Vec<Vec<u8>>, StageError> {
+        let restore = self.restore.as_ref().expect("only a restore has old state");
+        (|| {
+            let mut store = OperatorStateStore::restore(
+                &old.operator_handles(),
+                info.index as usize,
+                info.parallelism as usize,
+                restore.storage.as_ref(),
+            )?;
+            store.list_state::<Vec<u8>>(name)?.get(&mut store)
+        })()
+        .map_err(|e| Self::failure(info, format!("cannot read {what} from the checkpoint: {e}")))
+    }
+
+    /// The in-flight inputs a restored async operator subtask issues again: its
+    /// share of those of every old subtask, redistributed like a source's splits.
+    fn async_in_flight<T: Data>(&self, info: &SubtaskInfo) -> Result<Vec<T>, StageError> {
+        let Some(old) = self.restored(info) else {
+            return Ok(Vec::new());
+        };
+        let what = "its in-flight records";
+        self.operator_list(info, old, ASYNC_IN_FLIGHT_STATE, what)?
+            .iter()
+            .map(|bytes| postcard::from_bytes(bytes))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Self::failure(info, format!("cannot decode {what}: {e}")))
     }
 
     /// The pre-commit states a restored sink subtask takes over: those of every old
@@ -630,6 +671,28 @@ impl JobGraph {
         )
     }
 
+    /// An async I/O operator (see [`AsyncFunction`]): `make` builds one function
+    /// per subtask, on the subtask's worker thread.
+    ///
+    /// # Panics
+    /// If `options.capacity` is zero.
+    pub fn add_async_operator<F: AsyncFunction>(
+        &mut self,
+        name: &str,
+        options: AsyncOptions,
+        make: impl Fn(&SubtaskInfo) -> F + Send + Sync + 'static,
+    ) -> NodeId {
+        assert!(
+            options.capacity > 0,
+            "the capacity of async operator '{name}' must be positive"
+        );
+        self.add(
+            name,
+            Signature::of::<F::In, F::Out>(NodeKind::Operator),
+            Arc::new(AsyncSpec::<F>(Arc::new(make), options)),
+        )
+    }
+
     pub fn connect(&mut self, from: NodeId, to: NodeId, partitioning: Partitioning) {
         self.edges.push(GraphEdge {
             from: from.0,
@@ -762,9 +825,20 @@ mod tests {
                 ..SubtaskSnapshot::default()
             })
             .collect();
+        restoring(dir, storage, "out", subtasks)
+    }
+
+    /// A build environment restoring checkpoint 1 of `storage`, which holds the
+    /// snapshots of `operator`'s old subtasks.
+    fn restoring(
+        dir: &std::path::Path,
+        storage: Arc<LocalCheckpointStorage>,
+        operator: &str,
+        subtasks: Vec<SubtaskSnapshot>,
+    ) -> BuildEnv {
         let mut metadata = CheckpointMetadata::new(1);
         metadata.operators.insert(
-            "out".into(),
+            operator.into(),
             OperatorSnapshot {
                 max_parallelism: 128,
                 subtasks,
@@ -806,6 +880,53 @@ mod tests {
             env.sink_states(&info("other", 0, 1)).unwrap().is_empty(),
             "an operator the checkpoint does not know starts fresh"
         );
+    }
+
+    #[test]
+    fn in_flight_records_of_an_async_operator_are_dealt_out_at_any_parallelism() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(LocalCheckpointStorage::new(dir.path()).unwrap());
+        let old: [&[u64]; 3] = [&[1, 2, 3], &[], &[4, 5]];
+        let subtasks = old
+            .iter()
+            .enumerate()
+            .map(|(j, records)| {
+                let elements: Vec<Vec<u8>> = records
+                    .iter()
+                    .map(|r| postcard::to_allocvec(r).unwrap())
+                    .collect();
+                let storage: Arc<dyn CheckpointStorage> = storage.clone();
+                let info = info("lookup", j as u32, 3);
+                let barrier = crate::checkpoint::coordinator::Barrier::checkpoint(1);
+                let pending = crate::stage::list_snapshot(
+                    &info,
+                    barrier,
+                    ASYNC_IN_FLIGHT_STATE,
+                    &elements,
+                    &storage,
+                );
+                pending.unwrap().snapshot.run().unwrap()
+            })
+            .collect();
+        let env = restoring(dir.path(), storage, "lookup", subtasks);
+        let share = |index, parallelism| {
+            env.async_in_flight::<u64>(&info("lookup", index, parallelism))
+                .unwrap()
+        };
+        for parallelism in 1..=6 {
+            let shares: Vec<Vec<u64>> = (0..parallelism).map(|i| share(i, parallelism)).collect();
+            assert_eq!(
+                shares.concat(),
+                [1, 2, 3, 4, 5],
+                "p = {parallelism}: {shares:?}"
+            );
+            let sizes = shares.iter().map(Vec::len);
+            assert!(sizes.clone().max().unwrap() - sizes.min().unwrap() <= 1);
+        }
+        assert!(env
+            .async_in_flight::<u64>(&info("new", 0, 1))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

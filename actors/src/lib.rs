@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the protocols and invariants.
 
+pub mod async_io;
 mod channel_state;
 pub mod checkpoint;
 pub mod config;
@@ -25,6 +26,9 @@ mod subtask;
 pub mod time;
 pub mod window;
 
+pub use async_io::{
+    AsyncFunction, AsyncMode, AsyncOptions, AsyncResult, RetryStrategy, ASYNC_IN_FLIGHT_STATE,
+};
 pub use config::{CheckpointConfig, CheckpointMode, JobConfig, RestartStrategy};
 pub use control::JobControl;
 pub use error::JobError;

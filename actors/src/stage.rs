@@ -20,6 +20,7 @@ use crate::operator::{
 };
 use crate::partition::Partitioner;
 use crate::time::generator::WatermarkGenerator;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_state::handle::SubtaskSnapshot;
@@ -29,10 +30,45 @@ use weir_state::{
     StateError, TimeDomain,
 };
 
+/// Wakes a subtask from outside its input: a piece with work under way (an async
+/// request) calls it when that work needs the subtask, which then runs its chain's
+/// [`ChainControl::on_wake`]. Cheap to call often (one wake-up message at a time).
+#[derive(Clone)]
+pub struct Wake(Rc<dyn Fn()>);
+
+impl Wake {
+    pub fn new(wake: impl Fn() + 'static) -> Self {
+        Wake(Rc::new(wake))
+    }
+
+    /// For pieces opened outside a subtask.
+    #[cfg(test)]
+    pub fn none() -> Self {
+        Wake::new(|| {})
+    }
+
+    pub fn wake(&self) {
+        (self.0)()
+    }
+}
+
+/// Work a chain has under way besides its input (async requests), ordered: a chain
+/// reports the most of its pieces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum InFlight {
+    #[default]
+    Nothing,
+    /// Requests are under way: the chain has not finished while they are.
+    Some,
+    /// At capacity: take no more input until a wake-up frees some.
+    Full,
+}
+
 /// What every piece of a chain does besides taking records: its lifecycle and its
 /// part in checkpoints.
 pub trait ChainControl {
-    fn open(&mut self) -> Result<(), StageError>;
+    /// `wake` is this subtask's: for pieces with work under way outside the input.
+    fn open(&mut self, wake: &Wake) -> Result<(), StageError>;
     /// Send partly filled network batches.
     fn flush(&mut self, net: &mut Network);
     /// Every input has ended.
@@ -61,6 +97,15 @@ pub trait ChainControl {
         _now: EventTime,
         _net: &mut Network,
     ) -> Result<(), StageError> {
+        Ok(())
+    }
+    /// What this piece and those after it have under way (see [`InFlight`]).
+    fn in_flight(&self) -> InFlight {
+        InFlight::Nothing
+    }
+    /// The subtask was woken (see [`Wake`]): carry on with the work under way here
+    /// and after (emit results, issue requests).
+    fn on_wake(&mut self, _net: &mut Network) -> Result<(), StageError> {
         Ok(())
     }
 }
@@ -126,24 +171,39 @@ macro_rules! forward_processing_time {
         }
     };
 }
+pub(crate) use forward_processing_time;
+
+/// Async work of a piece that has none of its own: that of the pieces after it.
+macro_rules! forward_async {
+    ($($next:tt)+) => {
+        fn in_flight(&self) -> InFlight {
+            self.$($next)+.in_flight()
+        }
+
+        fn on_wake(&mut self, net: &mut Network) -> Result<(), StageError> {
+            self.$($next)+.on_wake(net)
+        }
+    };
+}
 
 /// Runs user code, turning an `Err` or a panic into a failure of this subtask.
 pub(crate) fn guarded<R>(
     info: &SubtaskInfo,
     f: impl FnOnce() -> anyhow::Result<R>,
 ) -> Result<R, StageError> {
-    let cause = match panic_hook::catch(f) {
+    let cause = match caught(f) {
         Ok(Ok(r)) => return Ok(r),
         Ok(Err(e)) => format!("{e:#}"),
-        Err((payload, Some(location))) => {
-            format!("{} (at {location})", panic_message(payload.as_ref()))
-        }
-        Err((payload, None)) => panic_message(payload.as_ref()),
+        Err(cause) => cause,
     };
-    Err(StageError {
-        operator: info.operator.to_string(),
-        subtask: info.index,
-        cause,
+    Err(StageError::of(info, cause))
+}
+
+/// Runs user code, turning a panic into its message (with its location).
+pub(crate) fn caught<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    panic_hook::catch(f).map_err(|(payload, location)| match location {
+        Some(location) => format!("{} (at {location})", panic_message(payload.as_ref())),
+        None => panic_message(payload.as_ref()),
     })
 }
 
@@ -219,6 +279,11 @@ impl<Out> StageCore<Out> {
         guarded(info, || {
             f(&mut Context::new(out, info).with_watermark(watermark))
         })?;
+        self.pass_on(net)
+    }
+
+    /// Hands what was emitted downstream.
+    pub fn pass_on(&mut self, net: &mut Network) -> Result<(), StageError> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -276,10 +341,10 @@ impl<O: Operator> Input<O::In> for OperatorStage<O> {
 }
 
 impl<O: Operator> ChainControl for OperatorStage<O> {
-    fn open(&mut self) -> Result<(), StageError> {
+    fn open(&mut self, wake: &Wake) -> Result<(), StageError> {
         let (op, info) = (&mut self.op, &self.core.info);
         guarded(info, || op.open(info))?;
-        self.core.next.open()
+        self.core.next.open(wake)
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
@@ -293,6 +358,7 @@ impl<O: Operator> ChainControl for OperatorStage<O> {
 
     forward_checkpoints!(core.next);
     forward_processing_time!(core.next);
+    forward_async!(core.next);
 }
 
 pub struct KeyedStage<O: KeyedOperator> {
@@ -367,10 +433,10 @@ impl<O: KeyedOperator> KeyedStage<O> {
 }
 
 impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
-    fn open(&mut self) -> Result<(), StageError> {
+    fn open(&mut self, wake: &Wake) -> Result<(), StageError> {
         let (op, info, backend) = (&mut self.op, &self.core.info, &mut self.backend);
         guarded(info, || op.open(info, backend))?;
-        self.core.next.open()
+        self.core.next.open(wake)
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
@@ -390,10 +456,11 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
         let keyed = self
             .backend
             .snapshot(id, barrier.kind, self.storage.clone())
-            .map_err(|e| StageError {
-                operator: self.core.info.operator.to_string(),
-                subtask: self.core.info.index,
-                cause: format!("snapshot of checkpoint {id} failed: {e}"),
+            .map_err(|e| {
+                StageError::of(
+                    &self.core.info,
+                    format!("snapshot of checkpoint {id} failed: {e}"),
+                )
             })?;
         snapshots.push(PendingSnapshot {
             operator: self.core.info.operator.to_string(),
@@ -436,6 +503,8 @@ impl<O: KeyedOperator> ChainControl for KeyedStage<O> {
     fn flush(&mut self, net: &mut Network) {
         self.core.next.flush(net)
     }
+
+    forward_async!(core.next);
 }
 
 /// Fires at most `limit` timers of `domain` due at `up_to`, one at a time, in time
@@ -514,7 +583,7 @@ impl<S: Sink> Input<S::In> for SinkStage<S> {
 }
 
 impl<S: Sink> ChainControl for SinkStage<S> {
-    fn open(&mut self) -> Result<(), StageError> {
+    fn open(&mut self, _wake: &Wake) -> Result<(), StageError> {
         let (sink, info) = (&mut self.sink, &self.info);
         let states = self.restore.take().unwrap_or_default();
         guarded(info, || {
@@ -675,7 +744,7 @@ impl<T: Data> Input<T> for NetworkOutput<T> {
 }
 
 impl<T: Data> ChainControl for NetworkOutput<T> {
-    fn open(&mut self) -> Result<(), StageError> {
+    fn open(&mut self, _wake: &Wake) -> Result<(), StageError> {
         Ok(())
     }
 
@@ -755,8 +824,8 @@ impl<T: Data> Input<T> for Tee<T> {
 }
 
 impl<T: Data> ChainControl for Tee<T> {
-    fn open(&mut self) -> Result<(), StageError> {
-        self.outputs.iter_mut().try_for_each(|o| o.open())
+    fn open(&mut self, wake: &Wake) -> Result<(), StageError> {
+        self.outputs.iter_mut().try_for_each(|o| o.open(wake))
     }
 
     fn flush(&mut self, net: &mut Network) {
@@ -799,6 +868,18 @@ impl<T: Data> ChainControl for Tee<T> {
         self.outputs
             .iter_mut()
             .try_for_each(|o| o.on_processing_time(now, net))
+    }
+
+    fn in_flight(&self) -> InFlight {
+        self.outputs
+            .iter()
+            .map(|o| o.in_flight())
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn on_wake(&mut self, net: &mut Network) -> Result<(), StageError> {
+        self.outputs.iter_mut().try_for_each(|o| o.on_wake(net))
     }
 }
 
@@ -870,8 +951,8 @@ impl<T: Data> InputHead for TypedHead<T> {
 }
 
 impl<T: Data> ChainControl for TypedHead<T> {
-    fn open(&mut self) -> Result<(), StageError> {
-        self.0.open()
+    fn open(&mut self, wake: &Wake) -> Result<(), StageError> {
+        self.0.open(wake)
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
@@ -884,6 +965,7 @@ impl<T: Data> ChainControl for TypedHead<T> {
 
     forward_checkpoints!(0);
     forward_processing_time!(0);
+    forward_async!(0);
 }
 
 /// The head of a chain that starts with a source.
@@ -907,6 +989,36 @@ pub struct SourceStage<S: Source> {
     pub event_time_ended: bool,
 }
 
+/// A subtask's operator state that is one split-redistributed list `name` of
+/// `elements` (postcard bytes each), as the snapshot of checkpoint `barrier`.
+pub(crate) fn list_snapshot(
+    info: &SubtaskInfo,
+    barrier: Barrier,
+    name: &str,
+    elements: &[Vec<u8>],
+    storage: &Arc<dyn CheckpointStorage>,
+) -> Result<PendingSnapshot, StageError> {
+    let store = guarded(info, || {
+        let mut store = OperatorStateStore::new();
+        store
+            .list_state::<Vec<u8>>(name)?
+            .update(&mut store, elements)?;
+        Ok(store)
+    })?;
+    let prefix = format!("{}-{}", file_safe(&info.operator), info.index);
+    let state = store.snapshot(barrier.id, &prefix, storage.clone());
+    Ok(PendingSnapshot {
+        operator: info.operator.to_string(),
+        snapshot: AsyncSnapshot::new(move || {
+            Ok(SubtaskSnapshot {
+                keyed: None,
+                operator: Some(state.run()?),
+                extra: Vec::new(),
+            })
+        }),
+    })
+}
+
 /// The splits a restored source subtask continues from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoredSplits {
@@ -923,10 +1035,7 @@ impl<S: Source> SourceHead for SourceStage<S> {
             source.poll(&mut Context::new(&mut core.out, &core.info), max)
         })?;
         let Some(generator) = self.watermarks.as_mut() else {
-            if !core.out.is_empty() {
-                core.counters.add_out(core.out.len());
-                core.next.push(&mut core.out, net)?;
-            }
+            core.pass_on(net)?;
             return Ok(status);
         };
         let now = Instant::now();
@@ -934,10 +1043,7 @@ impl<S: Source> SourceHead for SourceStage<S> {
         if update.active_again {
             core.next.on_idle(false, net);
         }
-        if !core.out.is_empty() {
-            core.counters.add_out(core.out.len());
-            core.next.push(&mut core.out, net)?;
-        }
+        core.pass_on(net)?;
         if let Some(watermark) = update.watermark {
             core.next.on_watermark(watermark, net)?;
         }
@@ -957,7 +1063,7 @@ impl<S: Source> SourceHead for SourceStage<S> {
 }
 
 impl<S: Source> ChainControl for SourceStage<S> {
-    fn open(&mut self) -> Result<(), StageError> {
+    fn open(&mut self, wake: &Wake) -> Result<(), StageError> {
         let (source, info, restore) = (&mut self.source, &self.core.info, self.restore.take());
         guarded(info, || {
             source.open(info)?;
@@ -971,7 +1077,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
                 None => Ok(()),
             }
         })?;
-        self.core.next.open()
+        self.core.next.open(wake)
     }
 
     fn checkpoint(
@@ -984,25 +1090,13 @@ impl<S: Source> ChainControl for SourceStage<S> {
         if let Some(splits) = guarded(info, || source.snapshot_splits())? {
             // The splits are a split-redistributed operator-state list, so a restore
             // at another parallelism deals them out like any such list.
-            let store = guarded(info, || {
-                let mut store = OperatorStateStore::new();
-                store
-                    .list_state::<Vec<u8>>(SOURCE_SPLITS_STATE)?
-                    .update(&mut store, &splits)?;
-                Ok(store)
-            })?;
-            let prefix = format!("{}-{}", file_safe(&info.operator), info.index);
-            let state = store.snapshot(barrier.id, &prefix, self.storage.clone());
-            snapshots.push(PendingSnapshot {
-                operator: info.operator.to_string(),
-                snapshot: AsyncSnapshot::new(move || {
-                    Ok(SubtaskSnapshot {
-                        keyed: None,
-                        operator: Some(state.run()?),
-                        extra: Vec::new(),
-                    })
-                }),
-            });
+            snapshots.push(list_snapshot(
+                info,
+                barrier,
+                SOURCE_SPLITS_STATE,
+                &splits,
+                &self.storage,
+            )?);
         }
         self.core.next.checkpoint(barrier, net, snapshots)
     }
@@ -1022,6 +1116,7 @@ impl<S: Source> ChainControl for SourceStage<S> {
     }
 
     forward_processing_time!(core.next);
+    forward_async!(core.next);
 }
 
 #[cfg(test)]
@@ -1127,7 +1222,7 @@ mod tests {
     fn restore_follows_open_and_pre_commit_state_lands_in_the_checkpoint() {
         let mut f = fixture(Some(b"pending parts"), true, vec![b"old".to_vec()]);
         let mut net = Network::new(Vec::new(), 1);
-        f.stage.open().unwrap();
+        f.stage.open(&Wake::none()).unwrap();
         f.stage.push(&mut vec![7], &mut net).unwrap();
         let mut pending = Vec::new();
         f.stage
@@ -1157,7 +1252,7 @@ mod tests {
     fn a_sink_without_state_adds_nothing_to_the_checkpoint() {
         let mut f = fixture(None, true, Vec::new());
         let mut net = Network::new(Vec::new(), 1);
-        f.stage.open().unwrap();
+        f.stage.open(&Wake::none()).unwrap();
         let mut pending = Vec::new();
         f.stage
             .checkpoint(Barrier::checkpoint(1), &mut net, &mut pending)
@@ -1172,7 +1267,7 @@ mod tests {
     #[test]
     fn only_completed_checkpoints_commit() {
         let mut f = fixture(Some(b"s"), true, Vec::new());
-        f.stage.open().unwrap();
+        f.stage.open(&Wake::none()).unwrap();
         taken(&f.calls);
         f.stage.notify_checkpoint(3, false).unwrap();
         f.stage.notify_checkpoint(4, true).unwrap();
@@ -1183,13 +1278,13 @@ mod tests {
     fn the_end_of_input_commits_at_once_only_without_checkpoints() {
         let mut net = Network::new(Vec::new(), 1);
         let mut checkpointed = fixture(Some(b"s"), true, Vec::new());
-        checkpointed.stage.open().unwrap();
+        checkpointed.stage.open(&Wake::none()).unwrap();
         taken(&checkpointed.calls);
         checkpointed.stage.finish(&mut net).unwrap();
         assert_eq!(taken(&checkpointed.calls), ["finish"]);
 
         let mut plain = fixture(Some(b"s"), false, Vec::new());
-        plain.stage.open().unwrap();
+        plain.stage.open(&Wake::none()).unwrap();
         taken(&plain.calls);
         plain.stage.finish(&mut net).unwrap();
         assert_eq!(
@@ -1207,7 +1302,7 @@ mod tests {
     fn a_panicking_commit_fails_the_subtask_with_its_cause() {
         let mut f = fixture(Some(b"s"), true, Vec::new());
         f.stage.sink.fail_commit = true;
-        f.stage.open().unwrap();
+        f.stage.open(&Wake::none()).unwrap();
         let error = f.stage.notify_checkpoint(2, true).unwrap_err();
         assert_eq!((error.operator.as_str(), error.subtask), ("out sink", 1));
         assert!(error.cause.contains("commit 2 failed"), "{}", error.cause);

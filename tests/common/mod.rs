@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -154,4 +156,72 @@ pub fn assert_exact(output: &[(u64, u64)]) {
         let total = (0..RECORDS).filter(|n| n % KEYS == *key).count() as u64;
         assert_eq!(counts, &(1..=total).collect::<BTreeSet<_>>(), "key {key}");
     }
+}
+
+// The committed output of an exactly-once file sink of `key,count` lines.
+
+/// Every running count exactly once: each key's counts 1, 2, … up to its total.
+pub fn expected_lines() -> Vec<String> {
+    let mut totals: BTreeMap<u64, u64> = BTreeMap::new();
+    for n in 0..RECORDS {
+        *totals.entry(n % KEYS).or_default() += 1;
+    }
+    let mut lines: Vec<String> = totals
+        .iter()
+        .flat_map(|(key, total)| (1..=*total).map(move |c| format!("{key},{c}")))
+        .collect();
+    lines.sort();
+    lines
+}
+
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with('_')
+}
+
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The sorted lines of the committed (visible) files.
+pub fn committed_lines(dir: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = names(dir)
+        .iter()
+        .filter(|n| !is_hidden(n))
+        .flat_map(|n| {
+            fs::read_to_string(dir.join(n))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+pub fn hidden(dir: &Path) -> Vec<String> {
+    names(dir).into_iter().filter(|n| is_hidden(n)).collect()
+}
+
+/// No line twice, and none that a failure-free run would not write.
+pub fn assert_no_duplicates_so_far(dir: &Path) {
+    let lines = committed_lines(dir);
+    let mut unique = lines.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), lines.len(), "a committed line is duplicated");
+    let expected = expected_lines();
+    assert!(lines.iter().all(|l| expected.binary_search(l).is_ok()));
+}
+
+pub fn assert_exactly_once(dir: &Path) {
+    assert_eq!(committed_lines(dir), expected_lines());
+    assert!(hidden(dir).is_empty(), "left behind: {:?}", hidden(dir));
 }

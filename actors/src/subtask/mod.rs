@@ -4,8 +4,12 @@
 //! rounds (`PUMP_BATCHES` batches, then it yields to its mailbox so control messages
 //! never wait long) feeds the chain, returns a credit per processed batch, and stops
 //! processing while any output channel waits for credit. A partly filled output batch
-//! leaves after `linger`. When every input has ended (or the source is exhausted) it
-//! finishes the chain, drains its outputs, reports to the job master and stops.
+//! leaves after `linger`. A chain piece with work under way outside the input (an
+//! async request) wakes the subtask with a message when that work completes; the
+//! subtask then runs the chain's `on_wake` (while its outputs have credit), and takes
+//! no input while the chain says it is full. When every input has ended (or the
+//! source is exhausted) it finishes the chain, waits until nothing is under way and
+//! its outputs drained, reports to the job master and stops.
 
 mod checkpointing;
 
@@ -22,10 +26,12 @@ use crate::master::{
 };
 use crate::network::{AnyBatch, Credit, Deliver, InputSource, Network, OutputTarget};
 use crate::operator::{processing_time_now, EventTime, SourcePoll};
-use crate::stage::{ChainControl, InputHead, SourceHead};
+use crate::stage::{ChainControl, InFlight, InputHead, SourceHead, Wake};
 use crate::time::watermarks::{WatermarkOutput, WatermarkTracker};
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message};
 use checkpointing::{AckTo, Checkpointing};
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Batches processed (or polled) before the actor yields to its mailbox and to the
@@ -84,6 +90,9 @@ pub(crate) struct SubtaskActor {
     alignment_timer_at: Option<u64>,
     /// When a barrier waiting for credit is armed to overtake its output queue.
     send_timer_at: Option<Instant>,
+    /// The chain asked for a wake-up (see [`Wake`]) and its `on_wake` has not run
+    /// since; while set, no further wake-up message is sent.
+    woken: Rc<Cell<bool>>,
     batch_size: usize,
     channel_capacity: usize,
     linger: Duration,
@@ -152,6 +161,7 @@ impl SubtaskActor {
             processing_timer_at: None,
             alignment_timer_at: None,
             send_timer_at: None,
+            woken: Rc::new(Cell::new(false)),
             batch_size: config.batch_size,
             channel_capacity: config.channel_capacity,
             linger: config.linger,
@@ -321,6 +331,10 @@ impl SubtaskActor {
             self.head.as_mut().expect("running subtasks have a chain"),
             &mut self.net,
         );
+        if head.control().in_flight() == InFlight::Full {
+            // A wake-up pumps again once the chain has room.
+            return Ok(false);
+        }
         match head {
             Head::Source(_) if self.suspended || self.exhausted => Ok(false),
             Head::Source(source) => match source.poll(batch_size, net)? {
@@ -499,8 +513,37 @@ impl SubtaskActor {
         Ok(())
     }
 
+    /// The chain's wake-up: carries on with its work under way, once the outputs
+    /// have credit (a `Credit` calls again), then goes on with the input (or the end).
+    fn on_woken(&mut self, ctx: &mut Context<Self>) {
+        if !self.woken.get()
+            || self.net.is_blocked()
+            || !matches!(self.phase, Phase::Running | Phase::Draining)
+        {
+            return;
+        }
+        self.woken.set(false);
+        let head = self.head.as_mut().expect("running subtasks have a chain");
+        if let Err(error) = head.control().on_wake(&mut self.net) {
+            self.fail(error, ctx);
+            return;
+        }
+        match self.phase {
+            Phase::Draining => {
+                self.arm_linger(ctx);
+                self.finish_if_drained(ctx);
+            }
+            _ if !self.pump_scheduled => self.pump(ctx),
+            _ => self.arm_linger(ctx),
+        }
+    }
+
     fn finish_if_drained(&mut self, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Draining && !self.net.is_blocked() {
+        let under_way = self
+            .head
+            .as_mut()
+            .is_ok_and(|head| head.control().in_flight() != InFlight::Nothing);
+        if self.phase == Phase::Draining && !self.net.is_blocked() && !under_way {
             tracing::debug!(subtask = %self.ckpt.ack_to.name, index = self.ckpt.ack_to.index, "finished");
             self.master.do_send(SubtaskFinished {
                 attempt: self.ckpt.ack_to.attempt,
@@ -527,12 +570,13 @@ impl SubtaskActor {
     }
 
     fn arm_linger(&mut self, ctx: &mut Context<Self>) {
-        if self.net.has_partial && !self.linger_armed && self.phase == Phase::Running {
+        let live = matches!(self.phase, Phase::Running | Phase::Draining);
+        if self.net.has_partial && !self.linger_armed && live {
             self.linger_armed = true;
             ctx.run_later(self.linger, |actor, _| {
                 actor.linger_armed = false;
                 actor.net.has_partial = false;
-                if actor.phase == Phase::Running {
+                if matches!(actor.phase, Phase::Running | Phase::Draining) {
                     let head = actor.head.as_mut().expect("running subtasks have a chain");
                     head.control().flush(&mut actor.net);
                 }
@@ -607,9 +651,15 @@ impl Handler<Wire> for SubtaskActor {
 impl Handler<Start> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, _: Start, ctx: &mut Context<Self>) {
+        let (woken, subtask) = (self.woken.clone(), ctx.address());
+        let wake = Wake::new(move || {
+            if !woken.replace(true) {
+                subtask.do_send(WakeUp);
+            }
+        });
         let opened = match &mut self.head {
             Err(error) => Err(error.clone()),
-            Ok(head) => head.control().open(),
+            Ok(head) => head.control().open(&wake),
         };
         if let Err(error) = opened {
             self.fail(error, ctx);
@@ -688,11 +738,28 @@ impl Handler<Deliver> for SubtaskActor {
     }
 }
 
+/// The chain asked for a wake-up (see [`Wake`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WakeUp;
+
+impl Handler<WakeUp> for SubtaskActor {
+    type Result = ();
+    fn handle(&mut self, _: WakeUp, ctx: &mut Context<Self>) {
+        self.on_woken(ctx);
+    }
+}
+
 impl Handler<Credit> for SubtaskActor {
     type Result = ();
     fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
         self.net.grant(credit.channel, credit.batches);
         self.ckpt.on_output_progress(&self.net);
+        if self.woken.get() {
+            // The chain's wake-up waited for this credit; it goes on from there.
+            self.on_woken(ctx);
+            return;
+        }
         match self.phase {
             Phase::Draining => self.finish_if_drained(ctx),
             Phase::Running if !self.pump_scheduled => self.pump(ctx),
