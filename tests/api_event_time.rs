@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use weir::{
     Context, EventTime, JobConfig, KeyedContext, KeyedOperator, Sink, Source, SourcePoll,
     StreamJob, WatermarkStrategy, MAX_WATERMARK,
@@ -18,6 +18,9 @@ struct Timed {
     disorder: i64,
     per_poll: i64,
     done: Option<Arc<AtomicBool>>,
+    /// At most this many records per millisecond since the first poll (a subtask
+    /// may be polled again before its `Pending` delay, when credits come back).
+    per_ms: Option<(i64, Option<Instant>)>,
 }
 
 impl Source for Timed {
@@ -27,7 +30,12 @@ impl Source for Timed {
         ctx: &mut Context<'_, (EventTime, i64)>,
         _max: usize,
     ) -> anyhow::Result<SourcePoll> {
-        let end = (self.next + self.per_poll).min(self.count);
+        let mut end = (self.next + self.per_poll).min(self.count);
+        if let Some((per_ms, started)) = &mut self.per_ms {
+            let started = *started.get_or_insert_with(Instant::now);
+            let due = (started.elapsed().as_millis() as i64 + 1) * *per_ms;
+            end = end.min(due).max(self.next);
+        }
         for i in self.next..end {
             let jitter = if self.disorder > 0 {
                 (i * 7_919) % self.disorder
@@ -156,6 +164,7 @@ fn the_watermark_is_the_minimum_over_inputs_so_no_record_within_the_bound_is_lat
             disorder: 50,
             per_poll: 40,
             done: None,
+            per_ms: None,
         })
         .parallelism(1);
     let fast = job
@@ -166,6 +175,7 @@ fn the_watermark_is_the_minimum_over_inputs_so_no_record_within_the_bound_is_lat
             disorder: 50,
             per_poll: 2_000,
             done: None,
+            per_ms: None,
         })
         .parallelism(1);
     let sink = out.clone();
@@ -237,6 +247,8 @@ fn highest_watermark_before_end(idle_timeout: Option<Duration>) -> EventTime {
         disorder: 0,
         per_poll: 100,
         done: Some(busy_done.clone()),
+        // 30 000 records over at least 100 ms: well past the 20 ms idle timeout.
+        per_ms: Some((300, None)),
     });
     let quiet_strategy = match idle_timeout {
         Some(timeout) => strategy(0).with_idleness(timeout),

@@ -354,7 +354,9 @@ pub trait KeyedOperator: Send + 'static {
 pub enum SourcePoll {
     /// More records may be available at once: poll again.
     Ready,
-    /// Nothing available now (rate limit, waiting on input): poll again after this.
+    /// Nothing available now (rate limit, waiting on input): poll again after this
+    /// at the latest (a poll may come sooner, e.g. when output credit returns, so a
+    /// rate limit must look at the clock rather than count polls).
     Pending(Duration),
     /// The input is exhausted; the source is not polled again.
     Finished,
