@@ -96,6 +96,9 @@ pub(crate) fn select(
                         for (id, why) in &recovered.skipped {
                             tracing::warn!(checkpoint = id, reason = %why, "skipping a damaged checkpoint");
                         }
+                        for id in &recovered.incomplete {
+                            tracing::info!(checkpoint = id, "ignoring a checkpoint that never completed (no _metadata)");
+                        }
                         tracing::info!(checkpoint = recovered.metadata.checkpoint_id, dir = %checkpoint.dir.display(), "resuming from checkpoint");
                         Restore {
                             metadata: recovered.metadata,

@@ -112,23 +112,36 @@ pub fn list_checkpoint_ids(storage: &dyn CheckpointStorage) -> Result<Vec<u64>> 
 #[derive(Debug)]
 pub struct RecoveredCheckpoint {
     pub metadata: CheckpointMetadata,
-    /// Newer checkpoints that were skipped, with why.
+    /// Newer checkpoints that were damaged (their `_metadata` or a file it lists
+    /// failed verification), with why.
     pub skipped: Vec<(u64, StateError)>,
+    /// Newer checkpoint directories without `_metadata`: they never completed (in
+    /// progress when the process died, or aborted), which is no damage.
+    pub incomplete: Vec<u64>,
 }
 
-/// The newest checkpoint that passes `verify`, falling back past broken ones.
+/// The newest checkpoint that passes `verify`, falling back past broken and
+/// incomplete ones (the caller reports them).
 pub fn latest_valid(
     storage: &dyn CheckpointStorage,
     verify: Verify,
 ) -> Result<Option<RecoveredCheckpoint>> {
-    let mut skipped = Vec::new();
+    let (mut skipped, mut incomplete) = (Vec::new(), Vec::new());
     for id in list_checkpoint_ids(storage)?.into_iter().rev() {
         match load_checkpoint(storage, id, verify) {
-            Ok(metadata) => return Ok(Some(RecoveredCheckpoint { metadata, skipped })),
-            Err(e) => {
-                tracing::warn!(checkpoint = id, error = %e, "skipping checkpoint that failed verification");
-                skipped.push((id, e));
+            Ok(metadata) => {
+                return Ok(Some(RecoveredCheckpoint {
+                    metadata,
+                    skipped,
+                    incomplete,
+                }))
             }
+            Err(StateError::Missing { path })
+                if path == format!("{}/{METADATA_FILE}", checkpoint_dir(id)) =>
+            {
+                incomplete.push(id)
+            }
+            Err(e) => skipped.push((id, e)),
         }
     }
     Ok(None)
