@@ -28,11 +28,22 @@ use super::coordinator::{Barrier, CheckpointId};
 use std::collections::VecDeque;
 use weir_state::SnapshotKind;
 
+/// How a subtask with several inputs takes its part of a checkpoint (see the module
+/// documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CheckpointMode {
+    /// Exactly once: wait for the barrier on every input, holding the inputs that
+    /// delivered it (the default).
     Aligned,
+    /// Never wait: records after a barrier may be in the snapshot and are replayed
+    /// after a failure (duplicates downstream, nothing lost).
     AtLeastOnce,
+    /// Exactly once: snapshot at the first barrier, keeping the records it overtook
+    /// as channel state; fast under backpressure, restores at the same parallelism
+    /// (savepoints stay aligned).
     Unaligned,
+    /// Aligned, but a checkpoint whose barrier waits longer than `timeout_ms` (in an
+    /// input's queue or in an output's) continues unaligned.
     AlignedWithTimeout { timeout_ms: u64 },
 }
 
