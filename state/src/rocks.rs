@@ -54,7 +54,11 @@ impl RocksDbOptions {
     pub fn new(working_dir: impl Into<PathBuf>) -> Self {
         RocksDbOptions {
             working_dir: working_dir.into(),
-            write_buffer_size: 64 << 20,
+            // Small memtables: a running aggregate rewrites the same keys, and a
+            // 64 MB memtable full of their versions made every read slower
+            // (running_sum, 100k keys: 0.32 → 0.42–0.45 M records/s without
+            // checkpoints, peak RSS 148 → 60–74 MB, checkpoints 95 → 63–67 ms).
+            write_buffer_size: 8 << 20,
             block_cache_size: 256 << 20,
         }
     }
