@@ -89,10 +89,11 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever is pushed, blocked and unblocked: each channel's events come out
-        /// in order, never while blocked, and none is lost.
+        /// Whatever is pushed, blocked and unblocked (and popped events put back in
+        /// front, as a batch cut short): each channel's events come out in order,
+        /// never while blocked, and none is lost.
         #[test]
-        fn per_channel_order_and_no_loss(ops in proptest::collection::vec((0u8..4, 0usize..3), 0..200)) {
+        fn per_channel_order_and_no_loss(ops in proptest::collection::vec((0u8..5, 0usize..3), 0..200)) {
             let mut gate = InputGate::new(3);
             let (mut next_event, mut out) = (0u32, vec![Vec::new(); 3]);
             let mut pushed = vec![Vec::new(); 3];
@@ -102,6 +103,9 @@ mod tests {
                     2 => if let Some((c, e)) = gate.pop() {
                         prop_assert!(!gate.blocked[c]);
                         out[c].push(e);
+                    },
+                    3 => if let Some((c, e)) = gate.pop() {
+                        gate.push_front(c, e);
                     },
                     _ => if channel == 0 { gate.unblock_all() } else { gate.block(channel) },
                 }
