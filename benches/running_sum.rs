@@ -24,7 +24,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{env, peak_rss_mb, Discard, Sequence};
+use support::{env, median_min_max, peak_rss_mb, Discard, Sequence};
 use weir::config::StateBackendChoice;
 use weir::state::checkpoints::list_checkpoint_ids;
 use weir::state::LocalCheckpointStorage;
@@ -189,35 +189,30 @@ fn main() {
         );
         rates.push(rate);
     }
-    rates.sort_by(f64::total_cmp);
     if !recoveries.is_empty() {
-        recoveries.sort_by(f64::total_cmp);
+        let (median, min, max) = median_min_max(&mut recoveries);
         println!(
-            "recovery (failure → every subtask running again) median={:.1} ms min={:.1} max={:.1}",
-            recoveries[recoveries.len() / 2],
-            recoveries[0],
-            recoveries[recoveries.len() - 1]
+            "recovery (failure → every subtask running again) median={median:.1} ms min={min:.1} max={max:.1}"
         );
     }
     if !durations.is_empty() {
-        durations.sort_by(f64::total_cmp);
+        let (median, _, max) = median_min_max(&mut durations);
         println!(
-            "checkpoint duration ({mode:?}, {} checkpoints, {unaligned} of them unaligned, final ones included) median={:.1} ms max={:.1} ms",
+            "checkpoint duration ({mode:?}, {} checkpoints, {unaligned} of them unaligned, final ones included) median={median:.1} ms max={max:.1} ms",
             durations.len(),
-            durations[durations.len() / 2],
-            durations[durations.len() - 1]
         );
     }
     if checkpoint_ms > 0 {
         println!("checkpoints completed per run (every {checkpoint_ms} ms): {checkpoints:?}");
     }
+    let (median, min, max) = median_min_max(&mut rates);
     println!(
         "running_sum records={records} keys={keys} p=2 backend={backend:?} checkpoint_ms={checkpoint_ms} slow_us={} sink={} runs={runs} median={:.2} M records/s min={:.2} max={:.2} peak_rss={:.1} MB",
         slow.as_micros(),
         if files { "files" } else { "null" },
-        rates[rates.len() / 2] / 1e6,
-        rates[0] / 1e6,
-        rates[rates.len() - 1] / 1e6,
+        median / 1e6,
+        min / 1e6,
+        max / 1e6,
         peak_rss_mb()
     );
 }

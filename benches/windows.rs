@@ -13,7 +13,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{env, peak_rss_mb, Discard};
+use support::{env, median_min_max, peak_rss_mb, Discard};
 use weir::config::StateBackendChoice;
 use weir::{
     Context, JobConfig, Source, SourcePoll, StreamJob, SubtaskInfo, WatermarkStrategy, Windows,
@@ -95,12 +95,12 @@ fn bench(kind: &str, records: u64, keys: u64, span_ms: u64, runs: u64) {
         );
         rates.push(rate);
     }
-    rates.sort_by(f64::total_cmp);
+    let (median, min, max) = median_min_max(&mut rates);
     println!(
         "windows kind={kind} records={records} keys={keys} span_ms={span_ms} p=2 runs={runs} median={:.2} M records/s min={:.2} max={:.2} results={results} peak_rss={:.1} MB",
-        rates[rates.len() / 2] / 1e6,
-        rates[0] / 1e6,
-        rates[rates.len() - 1] / 1e6,
+        median / 1e6,
+        min / 1e6,
+        max / 1e6,
         peak_rss_mb()
     );
 }
