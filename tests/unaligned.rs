@@ -63,7 +63,10 @@ fn run(
 
 /// A run with light backpressure (so that barriers overtake records) whose
 /// operator panics once, two thirds through; one restart.
-fn run_failing_once(mode: CheckpointMode, backend: StateBackendChoice) -> Vec<(u64, u64)> {
+fn run_failing_once(
+    mode: CheckpointMode,
+    backend: StateBackendChoice,
+) -> (JobReport, Vec<(u64, u64)>) {
     let fault = Fault::armed();
     let (report, output) = run(
         mode,
@@ -74,31 +77,23 @@ fn run_failing_once(mode: CheckpointMode, backend: StateBackendChoice) -> Vec<(u
     );
     assert!(fault.fired());
     assert_eq!(report.restarts, 1, "{mode:?} {backend:?}");
-    output
+    (report, output)
 }
 
 #[test]
 fn a_failure_after_unaligned_checkpoints_restores_in_flight_records_exactly() {
     for backend in [StateBackendChoice::Memory, StateBackendChoice::RocksDb] {
-        assert_exact(&run_failing_once(CheckpointMode::Unaligned, backend));
+        assert_exact(&run_failing_once(CheckpointMode::Unaligned, backend).1);
     }
 }
 
 #[test]
 fn a_failure_after_checkpoints_that_switched_to_unaligned_restores_exactly() {
     for backend in [StateBackendChoice::Memory, StateBackendChoice::RocksDb] {
-        let fault = Fault::armed();
         // A 1 ms timeout under light backpressure: some alignments finish in time,
         // others switch part way.
-        let (report, output) = run(
-            CheckpointMode::AlignedWithTimeout { timeout_ms: 1 },
-            backend,
-            Duration::from_secs(30),
-            Duration::from_micros(20),
-            Some((RECORDS / KEYS * 2 / 3, fault.clone())),
-        );
-        assert!(fault.fired());
-        assert_eq!(report.restarts, 1, "{backend:?}");
+        let mode = CheckpointMode::AlignedWithTimeout { timeout_ms: 1 };
+        let (report, output) = run_failing_once(mode, backend);
         assert!(
             report.unaligned_checkpoints > 0,
             "{backend:?}: some alignments timed out ({} of {} checkpoints unaligned)",
@@ -112,7 +107,7 @@ fn a_failure_after_checkpoints_that_switched_to_unaligned_restores_exactly() {
 #[test]
 fn an_at_least_once_job_loses_nothing_across_a_failure() {
     for backend in [StateBackendChoice::Memory, StateBackendChoice::RocksDb] {
-        let output = run_failing_once(CheckpointMode::AtLeastOnce, backend);
+        let (_, output) = run_failing_once(CheckpointMode::AtLeastOnce, backend);
         // A superset of the failure-free output: every count 1..=n of every key was
         // emitted (records after a barrier may be counted twice, so counts may go on).
         let mut seen: std::collections::BTreeMap<u64, std::collections::BTreeSet<u64>> =

@@ -222,13 +222,7 @@ impl Checkpointing {
         let mut times = SnapshotTimes::default();
         if barrier.unaligned {
             let outputs = self.overtaken_output(net)?;
-            let state = ChannelState {
-                inputs: Vec::new(),
-                outputs,
-            };
-            times.channel_bytes = state.bytes() as u64;
-            times.unaligned = true;
-            self.push_channel_state(barrier.id, state, &mut pending);
+            self.push_output_state(barrier.id, outputs, &mut pending, &mut times);
         }
         times.sync = started.elapsed();
         self.acknowledge_when_sent(barrier, started, net, pending, times);
@@ -290,14 +284,8 @@ impl Checkpointing {
             } = self.awaiting_send.remove(at);
             let overtaken = net.overtake_barrier(id);
             let outputs = self.encode_output(net, &overtaken)?;
-            let state = ChannelState {
-                inputs: Vec::new(),
-                outputs,
-            };
             tracing::debug!(subtask = %self.ack_to.name, index = self.ack_to.index, checkpoint = id, "barrier waited too long for credit: it overtakes the output queued ahead of it");
-            times.channel_bytes = state.bytes() as u64;
-            times.unaligned = true;
-            self.push_channel_state(id, state, &mut pending);
+            self.push_output_state(id, outputs, &mut pending, &mut times);
             self.ack_to.acknowledge(id, pending, times);
         }
         Ok(())
@@ -442,6 +430,24 @@ impl Checkpointing {
             unaligned.inputs.add(channel, batch);
         }
         Ok(())
+    }
+
+    /// An unaligned snapshot without input side: the output its barrier overtook is
+    /// its channel state.
+    fn push_output_state(
+        &self,
+        id: CheckpointId,
+        outputs: Vec<Vec<Vec<u8>>>,
+        pending: &mut Vec<PendingSnapshot>,
+        times: &mut SnapshotTimes,
+    ) {
+        let state = ChannelState {
+            inputs: Vec::new(),
+            outputs,
+        };
+        times.channel_bytes = state.bytes() as u64;
+        times.unaligned = true;
+        self.push_channel_state(id, state, pending);
     }
 
     /// Adds the asynchronous write of the channel state (if any) to `pending`.
