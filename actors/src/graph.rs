@@ -163,7 +163,7 @@ impl<T: Data> Port for TypedPort<T> {
     }
 
     fn head(&self, first: Box<dyn Any>) -> Box<dyn InputHead> {
-        Box::new(TypedHead(take_input::<T>(first)))
+        Box::new(TypedHead::new(take_input::<T>(first)))
     }
 
     fn encode(&self, batch: &AnyBatch) -> Result<Vec<u8>, String> {

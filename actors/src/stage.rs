@@ -22,7 +22,7 @@ use crate::partition::Partitioner;
 use crate::time::generator::WatermarkGenerator;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use weir_state::handle::SubtaskSnapshot;
 use weir_state::storage::checkpoint_dir;
 use weir_state::{
@@ -899,9 +899,24 @@ pub trait InputHead: ChainControl {
     fn on_idle(&mut self, idle: bool, net: &mut Network);
 }
 
-pub struct TypedHead<T>(pub BoxedInput<T>);
+pub struct TypedHead<T> {
+    input: BoxedInput<T>,
+    /// What a record took in the last push: whether a whole batch fits in the time
+    /// left, or must go in slices.
+    per_record: Duration,
+}
 
-/// Records pushed between two looks at the clock in `push_batch_until`.
+impl<T> TypedHead<T> {
+    pub fn new(input: BoxedInput<T>) -> Self {
+        TypedHead {
+            input,
+            per_record: Duration::ZERO,
+        }
+    }
+}
+
+/// Records pushed between two looks at the clock in `push_batch_until`, when a
+/// whole batch would not fit in the time left.
 const SLICE: usize = 16;
 
 impl<T: Data> InputHead for TypedHead<T> {
@@ -909,7 +924,7 @@ impl<T: Data> InputHead for TypedHead<T> {
         let mut records = batch
             .downcast::<Vec<T>>()
             .expect("edge types are checked when the graph is planned");
-        self.0.push(&mut records, net)
+        self.input.push(&mut records, net)
     }
 
     fn push_batch_until(
@@ -921,51 +936,57 @@ impl<T: Data> InputHead for TypedHead<T> {
         let mut records = *batch
             .downcast::<Vec<T>>()
             .expect("edge types are checked when the graph is planned");
-        while records.len() > SLICE {
+        loop {
             let started = Instant::now();
-            let mut rest = records.split_off(SLICE);
-            self.0.push(&mut records, net)?;
-            let now = Instant::now();
-            let slices_left = (rest.len() / SLICE + 1) as u32;
-            if now + (now - started) * slices_left <= deadline {
-                // Fast records: the rest fits in the time left.
-                self.0.push(&mut rest, net)?;
+            let fits = self
+                .per_record
+                .checked_mul(records.len() as u32)
+                .is_some_and(|all| started + all <= deadline);
+            // Fast records go in one push (no split, no copy); slow ones a slice at
+            // a time.
+            let mut rest = records.split_off(if fits {
+                records.len()
+            } else {
+                SLICE.min(records.len())
+            });
+            let pushed = records.len() as u32;
+            self.input.push(&mut records, net)?;
+            self.per_record = started.elapsed() / pushed.max(1);
+            if rest.is_empty() {
                 return Ok(None);
             }
-            if now >= deadline || net.is_blocked() {
+            if Instant::now() >= deadline || net.is_blocked() {
                 return Ok(Some(Box::new(rest)));
             }
-            records = rest;
+            std::mem::swap(&mut records, &mut rest);
         }
-        self.0.push(&mut records, net)?;
-        Ok(None)
     }
 
     fn on_watermark(&mut self, watermark: EventTime, net: &mut Network) -> Result<(), StageError> {
-        self.0.on_watermark(watermark, net)
+        self.input.on_watermark(watermark, net)
     }
 
     fn on_idle(&mut self, idle: bool, net: &mut Network) {
-        self.0.on_idle(idle, net)
+        self.input.on_idle(idle, net)
     }
 }
 
 impl<T: Data> ChainControl for TypedHead<T> {
     fn open(&mut self, wake: &Wake) -> Result<(), StageError> {
-        self.0.open(wake)
+        self.input.open(wake)
     }
 
     fn finish(&mut self, net: &mut Network) -> Result<(), StageError> {
-        self.0.finish(net)
+        self.input.finish(net)
     }
 
     fn flush(&mut self, net: &mut Network) {
-        self.0.flush(net)
+        self.input.flush(net)
     }
 
-    forward_checkpoints!(0);
-    forward_processing_time!(0);
-    forward_async!(0);
+    forward_checkpoints!(input);
+    forward_processing_time!(input);
+    forward_async!(input);
 }
 
 /// The head of a chain that starts with a source.
